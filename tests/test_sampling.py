@@ -1,0 +1,177 @@
+"""Sampler: cache vs recompute parity, determinism, truncation frequencies, per-row stopping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pmd_jax.model.config import ModelConfig
+from pmd_jax.model.transformer import forward, init_params
+from pmd_jax.sampling import (
+    SampleConfig,
+    choose_tokens,
+    left_pad,
+    response_token_lists,
+    sample,
+    truncate_logits,
+)
+
+PROMPT_LENGTHS = (3, 7, 12, 5, 9, 1, 15, 10)
+
+
+def _tiny(architecture: str, **overrides) -> ModelConfig:
+    fields = dict(
+        architecture=architecture,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        qk_norm=architecture == "qwen3",
+        qkv_bias=architecture == "qwen2",
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def _params(config: ModelConfig):
+    params = init_params(config, jax.random.PRNGKey(0))
+    # Larger weights give peaked, well-separated logits, so greedy argmax has no near-ties.
+    return jax.tree_util.tree_map(lambda x: x * 3 if x.ndim >= 2 else x, params)
+
+
+def _prompts(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, 97, size=n).tolist() for n in PROMPT_LENGTHS]
+
+
+def _greedy_by_recompute(params, config, prompts, steps):
+    """Greedy decoding that re-runs the full forward each step (no cache); one padded shape."""
+    seqs = [list(p) for p in prompts]
+    logprobs = [[] for _ in prompts]
+    width = max(map(len, prompts)) + steps
+    for _ in range(steps):
+        tokens, mask = left_pad(seqs, pad_id=0, length=width)
+        logits = forward(params, config, tokens, mask)[:, -1]
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        for row, token in enumerate(np.asarray(jnp.argmax(logits, axis=-1))):
+            seqs[row].append(int(token))
+            logprobs[row].append(float(logp[row, token]))
+    return [s[len(p):] for s, p in zip(seqs, prompts)], logprobs
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3"])
+def test_greedy_with_cache_matches_full_recompute(architecture):
+    config = _tiny(architecture)
+    params = _params(config)
+    prompts = _prompts()
+    tokens, mask = left_pad(prompts, pad_id=0, bucket=16)
+    out = sample(params, config, tokens, mask, jax.random.PRNGKey(1),
+                 SampleConfig(max_new_tokens=32, temperature=0.0))
+    ref_tokens, ref_logprobs = _greedy_by_recompute(params, config, prompts, 32)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref_tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref_logprobs), atol=1e-4)
+    assert np.all(np.asarray(out.lengths) == 32) and not np.any(np.asarray(out.stopped))
+
+
+def test_same_rng_gives_same_samples_and_groups_differ():
+    config = _tiny("llama")
+    params = _params(config)
+    tokens, mask = left_pad(_prompts()[:2], pad_id=0, bucket=16)
+    sample_config = SampleConfig(max_new_tokens=16, temperature=1.0, num_samples=4)
+    params = jax.tree_util.tree_map(lambda x: x / 3, params)  # flatter logits: real randomness
+    first = sample(params, config, tokens, mask, jax.random.PRNGKey(7), sample_config)
+    again = sample(params, config, tokens, mask, jax.random.PRNGKey(7), sample_config)
+    other = sample(params, config, tokens, mask, jax.random.PRNGKey(8), sample_config)
+    assert first.tokens.shape == (8, 16)
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    np.testing.assert_array_equal(first.logprobs, again.logprobs)
+    assert not np.array_equal(first.tokens, other.tokens)
+    rollouts = np.asarray(first.tokens)
+    assert len({tuple(r) for r in rollouts[:4]}) > 1, "the 4 rollouts of one prompt are identical"
+
+
+def test_group_rows_are_prompt_major_under_greedy():
+    config = _tiny("llama")
+    params = _params(config)
+    tokens, mask = left_pad(_prompts()[:3], pad_id=0, bucket=16)
+    single = sample(params, config, tokens, mask, jax.random.PRNGKey(0),
+                    SampleConfig(max_new_tokens=8, temperature=0.0))
+    group = sample(params, config, tokens, mask, jax.random.PRNGKey(0),
+                   SampleConfig(max_new_tokens=8, temperature=0.0, num_samples=3))
+    np.testing.assert_array_equal(np.repeat(np.asarray(single.tokens), 3, axis=0), group.tokens)
+
+
+def test_stop_token_ends_each_row_independently():
+    config = _tiny("llama")
+    params = _params(config)
+    prompts = _prompts()
+    tokens, mask = left_pad(prompts, pad_id=0, bucket=16)
+    free = np.asarray(sample(params, config, tokens, mask, jax.random.PRNGKey(0),
+                             SampleConfig(max_new_tokens=24, temperature=0.0)).tokens)
+    stop = int(free[0, 5])  # a token row 0 emits at step 5; other rows emit it later or never
+    out = sample(params, config, tokens, mask, jax.random.PRNGKey(0),
+                 SampleConfig(max_new_tokens=24, temperature=0.0, stop_ids=(stop,), pad_id=-1))
+    got = np.asarray(out.tokens)
+    lengths, stopped = np.asarray(out.lengths), np.asarray(out.stopped)
+    assert stopped[0] and lengths[0] <= 6
+    for row in range(len(prompts)):
+        hits = np.flatnonzero(free[row] == stop)
+        expected_len = hits[0] + 1 if len(hits) else 24
+        assert lengths[row] == expected_len and stopped[row] == bool(len(hits))
+        np.testing.assert_array_equal(got[row, :expected_len], free[row, :expected_len])
+        assert np.all(got[row, expected_len:] == -1)
+        assert np.all(np.asarray(out.logprobs)[row, expected_len:] == 0.0)
+    lists = response_token_lists(out)
+    assert [len(x) for x in lists] == lengths.tolist()
+
+
+# Chi-square critical values at p = 0.001 by degrees of freedom (from standard tables).
+CHI2_CRITICAL_001 = {2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52}
+TOY_PROBS = np.array([0.30, 0.22, 0.15, 0.12, 0.09, 0.06, 0.04, 0.02])
+
+
+def _truncated(probs, top_k, top_p):
+    keep = np.zeros_like(probs, bool)
+    order = np.argsort(-probs)
+    if top_k:
+        keep[order[:top_k]] = True
+    else:
+        keep[:] = True
+    mass = 0.0
+    nucleus = np.zeros_like(keep)
+    for idx in order:
+        if not keep[idx] or mass >= top_p:
+            continue
+        nucleus[idx] = True
+        mass += probs[idx] / probs[keep].sum()
+    out = np.where(nucleus, probs, 0.0)
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.6), (5, 0.8), (0, 1.0)])
+def test_truncated_sampling_frequencies_match_distribution(top_k, top_p):
+    draws = 40_000
+    logits = jnp.broadcast_to(jnp.log(jnp.asarray(TOY_PROBS, jnp.float32)), (draws, len(TOY_PROBS)))
+    tokens, logprobs = choose_tokens(logits, jax.random.PRNGKey(3), 1.0, top_k, top_p)
+    expected = _truncated(TOY_PROBS, top_k, top_p)
+    counts = np.bincount(np.asarray(tokens), minlength=len(TOY_PROBS))
+    assert np.all(counts[expected == 0] == 0), "a truncated token was sampled"
+    support = expected > 0
+    chi2 = np.sum((counts[support] - draws * expected[support]) ** 2 / (draws * expected[support]))
+    dof = int(support.sum()) - 1
+    assert chi2 < CHI2_CRITICAL_001.get(dof, 24.32), (chi2, dof)  # 24.32 = df 7
+    np.testing.assert_allclose(np.exp(np.asarray(logprobs)), TOY_PROBS[np.asarray(tokens)], rtol=1e-5)
+
+
+def test_top_p_keeps_at_least_the_most_likely_token():
+    logits = jnp.log(jnp.asarray([[0.9, 0.05, 0.05]], jnp.float32))
+    kept = np.isfinite(np.asarray(truncate_logits(logits, 0, 0.5)))
+    assert kept.tolist() == [[True, False, False]]
+
+
+def test_left_pad_rejects_a_prompt_longer_than_the_length():
+    with pytest.raises(ValueError, match="more than the padded length"):
+        left_pad([[1, 2, 3]], pad_id=0, length=2)
