@@ -12,7 +12,9 @@ from pmd_jax.model.transformer import Transformer, positions_from_mask
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def embed_tokens(params: dict, config: ModelConfig, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
+def embed_tokens(
+    params: dict, config: ModelConfig, tokens: jax.Array, token_mask: jax.Array
+) -> jax.Array:
     """tokens, token_mask: [B, T] (left-padded) -> unit-norm embeddings [B, D] float32.
 
     Mean over the real tokens of the final-norm hidden states; an all-padding row gives zeros.

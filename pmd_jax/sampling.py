@@ -177,7 +177,9 @@ def sample(
             next_logits=_logits(hidden[:, 0], lm_head),
             next_positions=s.next_positions + 1,
             tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1),
-            logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, logprob[:, None], s.step, axis=1),
+            logprobs=jax.lax.dynamic_update_slice_in_dim(
+                s.logprobs, logprob[:, None], s.step, axis=1
+            ),
             done=done,
             rng=rng,
         )

@@ -59,7 +59,7 @@ def _greedy_by_recompute(params, config, prompts, steps):
         for row, token in enumerate(np.asarray(jnp.argmax(logits, axis=-1))):
             seqs[row].append(int(token))
             logprobs[row].append(float(logp[row, token]))
-    return [s[len(p):] for s, p in zip(seqs, prompts)], logprobs
+    return [s[len(p) :] for s, p in zip(seqs, prompts, strict=True)], logprobs
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen3"])
@@ -68,8 +68,14 @@ def test_greedy_with_cache_matches_full_recompute(architecture):
     params = _params(config)
     prompts = _prompts()
     tokens, mask = left_pad(prompts, pad_id=0, bucket=16)
-    out = sample(params, config, tokens, mask, jax.random.PRNGKey(1),
-                 SampleConfig(max_new_tokens=32, temperature=0.0))
+    out = sample(
+        params,
+        config,
+        tokens,
+        mask,
+        jax.random.PRNGKey(1),
+        SampleConfig(max_new_tokens=32, temperature=0.0),
+    )
     ref_tokens, ref_logprobs = _greedy_by_recompute(params, config, prompts, 32)
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref_tokens))
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref_logprobs), atol=1e-4)
@@ -97,10 +103,22 @@ def test_group_rows_are_prompt_major_under_greedy():
     config = _tiny("llama")
     params = _params(config)
     tokens, mask = left_pad(_prompts()[:3], pad_id=0, bucket=16)
-    single = sample(params, config, tokens, mask, jax.random.PRNGKey(0),
-                    SampleConfig(max_new_tokens=8, temperature=0.0))
-    group = sample(params, config, tokens, mask, jax.random.PRNGKey(0),
-                   SampleConfig(max_new_tokens=8, temperature=0.0, num_samples=3))
+    single = sample(
+        params,
+        config,
+        tokens,
+        mask,
+        jax.random.PRNGKey(0),
+        SampleConfig(max_new_tokens=8, temperature=0.0),
+    )
+    group = sample(
+        params,
+        config,
+        tokens,
+        mask,
+        jax.random.PRNGKey(0),
+        SampleConfig(max_new_tokens=8, temperature=0.0, num_samples=3),
+    )
     np.testing.assert_array_equal(np.repeat(np.asarray(single.tokens), 3, axis=0), group.tokens)
 
 
@@ -109,11 +127,25 @@ def test_stop_token_ends_each_row_independently():
     params = _params(config)
     prompts = _prompts()
     tokens, mask = left_pad(prompts, pad_id=0, bucket=16)
-    free = np.asarray(sample(params, config, tokens, mask, jax.random.PRNGKey(0),
-                             SampleConfig(max_new_tokens=24, temperature=0.0)).tokens)
+    free = np.asarray(
+        sample(
+            params,
+            config,
+            tokens,
+            mask,
+            jax.random.PRNGKey(0),
+            SampleConfig(max_new_tokens=24, temperature=0.0),
+        ).tokens
+    )
     stop = int(free[0, 5])  # a token row 0 emits at step 5; other rows emit it later or never
-    out = sample(params, config, tokens, mask, jax.random.PRNGKey(0),
-                 SampleConfig(max_new_tokens=24, temperature=0.0, stop_ids=(stop,), pad_id=-1))
+    out = sample(
+        params,
+        config,
+        tokens,
+        mask,
+        jax.random.PRNGKey(0),
+        SampleConfig(max_new_tokens=24, temperature=0.0, stop_ids=(stop,), pad_id=-1),
+    )
     got = np.asarray(out.tokens)
     lengths, stopped = np.asarray(out.lengths), np.asarray(out.stopped)
     assert stopped[0] and lengths[0] <= 6
@@ -163,7 +195,9 @@ def test_truncated_sampling_frequencies_match_distribution(top_k, top_p):
     chi2 = np.sum((counts[support] - draws * expected[support]) ** 2 / (draws * expected[support]))
     dof = int(support.sum()) - 1
     assert chi2 < CHI2_CRITICAL_001.get(dof, 24.32), (chi2, dof)  # 24.32 = df 7
-    np.testing.assert_allclose(np.exp(np.asarray(logprobs)), TOY_PROBS[np.asarray(tokens)], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.exp(np.asarray(logprobs)), TOY_PROBS[np.asarray(tokens)], rtol=1e-5
+    )
 
 
 def test_top_p_keeps_at_least_the_most_likely_token():
@@ -175,3 +209,45 @@ def test_top_p_keeps_at_least_the_most_likely_token():
 def test_left_pad_rejects_a_prompt_longer_than_the_length():
     with pytest.raises(ValueError, match="more than the padded length"):
         left_pad([[1, 2, 3]], pad_id=0, length=2)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_generation_matches_transformers(smollm2_gguf_path):
+    """32 greedy tokens from the GGUF model equal transformers' generate, token for token."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from pmd_jax.model import load
+    from pmd_jax.tokenizer import format_chat
+
+    model = load(smollm2_gguf_path)
+    prompts = [
+        format_chat(model.tokenizer, [("system", "You are a helpful assistant."), ("user", q)]).ids
+        for q in ("What is 12 times 7? Explain briefly.", "Name three colours of the rainbow.")
+    ]
+    tokens, mask = left_pad(prompts, model.tokenizer.pad_id, bucket=8)
+    ours = sample(
+        model.params,
+        model.config,
+        tokens,
+        mask,
+        jax.random.PRNGKey(0),
+        SampleConfig(max_new_tokens=32, temperature=0.0),
+    )
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(smollm2_gguf_path.parent), gguf_file=smollm2_gguf_path.name, dtype=torch.float32
+    ).eval()
+    for row, prompt in enumerate(prompts):
+        with torch.no_grad():
+            ref = hf.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=32,
+                do_sample=False,
+                eos_token_id=list(model.tokenizer.stop_ids),
+                pad_token_id=0,
+            )
+        ref_tokens = ref[0, len(prompt) :].tolist()  # ends early only at a stop token
+        assert len(ref_tokens) == 32 or ref_tokens[-1] in model.tokenizer.stop_ids
+        assert len(ref_tokens) >= 16, "the reference stopped too early to be a useful check"
+        assert np.asarray(ours.tokens[row]).tolist()[: len(ref_tokens)] == ref_tokens, (
+            f"prompt {row}"
+        )

@@ -63,7 +63,9 @@ class ModelConfig:
             )
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: use float32 or bfloat16")
+                raise ValueError(
+                    f"ModelConfig.{name}={getattr(self, name)!r}: use float32 or bfloat16"
+                )
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -103,7 +105,9 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
         smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
         is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return np.where(is_medium, smoothed, scaled).astype(np.float32)
-    raise ValueError(f"rope_scaling kind {scaling.kind!r} is not supported (default, linear, llama3)")
+    raise ValueError(
+        f"rope_scaling kind {scaling.kind!r} is not supported (default, linear, llama3)"
+    )
 
 
 # ---------------------------------------------------------------------------- HF config.json

@@ -79,7 +79,9 @@ def attention(
     mask_terms = [self_mask]
     if context is not None:
         ctx_k, ctx_v, ctx_mask = context
-        score_terms.insert(0, jnp.einsum("btkgd,bskd->bkgts", q, ctx_k, preferred_element_type=jnp.float32))
+        score_terms.insert(
+            0, jnp.einsum("btkgd,bskd->bkgts", q, ctx_k, preferred_element_type=jnp.float32)
+        )
         mask_terms.insert(0, ctx_mask)
     scores = jnp.concatenate(score_terms, axis=-1)
     mask = jnp.concatenate(mask_terms, axis=-1)[:, None, None]  # [B, 1, 1, T, S+T]
@@ -101,7 +103,9 @@ class Block(nn.Module):
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
-        norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        norm = functools.partial(
+            RMSNorm, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype
+        )
         b, t, _ = x.shape
         h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
@@ -150,7 +154,9 @@ class Transformer(nn.Module):
         )(cfg)
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype)
         if not cfg.tie_embeddings:
-            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype)
+            self.lm_head = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype
+            )
 
     def __call__(
         self,
@@ -170,7 +176,9 @@ class Transformer(nn.Module):
         if context is None:
             context_mask, layer_context = None, None
         else:
-            context_mask = jnp.broadcast_to(context.mask[:, None, :], (tokens.shape[0], t, context.mask.shape[1]))
+            context_mask = jnp.broadcast_to(
+                context.mask[:, None, :], (tokens.shape[0], t, context.mask.shape[1])
+            )
             layer_context = (context.keys, context.values)
         x = self.embed(tokens)
         x, new_kv = self.layers(x, positions, self_mask, context_mask, layer_context)
