@@ -1,0 +1,250 @@
+"""Tests for pmd_jax.verify: GSM8K gold solutions, an edge-case table, fuzzing with hypothesis."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pmd_jax.verify import (
+    Verdict,
+    VerifierConfig,
+    extract_answer,
+    parse_number,
+    verify,
+    verify_batch,
+)
+
+BOXED = VerifierConfig(answer_format="boxed")
+FINAL_LINE_RE = re.compile(r"#### (.+)$")
+
+
+def _load_gsm8k(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(row["answer"], FINAL_LINE_RE.search(row["answer"]).group(1)) for row in rows]
+
+
+@pytest.mark.parametrize("split, expected_rows", [("train", 7473), ("test", 1319)])
+def test_every_gsm8k_solution_verifies_against_its_own_answer(gsm8k_dir, split, expected_rows):
+    solutions, golds = zip(*_load_gsm8k(gsm8k_dir / f"{split}.jsonl"), strict=True)
+    assert len(solutions) == expected_rows
+
+    rewards, feedback = verify_batch(solutions, golds)
+
+    assert rewards.dtype == np.float32 and rewards.shape == (expected_rows,)
+    assert rewards.sum() == expected_rows, [f for f in feedback if f][:5]
+    assert all(f == "" for f in feedback)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_gsm8k_solution_fails_when_the_gold_is_off_by_one(gsm8k_dir, split):
+    solutions, golds = zip(*_load_gsm8k(gsm8k_dir / f"{split}.jsonl"), strict=True)
+    # Every GSM8K answer is an integer (some with thousands separators).
+    shifted_golds = [str(int(parse_number(gold)) + 1) for gold in golds]
+    shifted_solutions = [
+        solution[: solution.rindex("####")] + f"#### {int(parse_number(gold)) - 1}"
+        for solution, gold in zip(solutions, golds, strict=True)
+    ]
+
+    rewards_gold_moved, _ = verify_batch(solutions, shifted_golds)
+    rewards_answer_moved, feedback = verify_batch(shifted_solutions, golds)
+
+    assert rewards_gold_moved.sum() == 0
+    assert rewards_answer_moved.sum() == 0
+    assert all(
+        f.startswith("the final answer ") and f.endswith(" is not correct") for f in feedback
+    )
+
+
+# (response, gold, expected reward, config)
+EDGE_CASES = [
+    ("#### 42", "42", 1.0, None),
+    ("Step one.\nStep two.\n#### 42", "42", 1.0, None),
+    ("#### 1,234", "1234", 1.0, None),
+    ("#### 1234", "1,234", 1.0, None),
+    ("#### 1,234,567.5", "1234567.5", 1.0, None),
+    ("#### 1,23", "123", 0.0, None),
+    ("#### $18", "18", 1.0, None),
+    ("#### €18", "18", 1.0, None),
+    ("#### £7.50", "7.5", 1.0, None),
+    ("#### -$5", "-5", 1.0, None),
+    ("#### 50%", "50", 1.0, None),
+    ("#### 42.", "42", 1.0, None),
+    ("#### +42", "42", 1.0, None),
+    ("#### 42.0", "42", 1.0, None),
+    ("#### 0.5", "1/2", 1.0, None),
+    ("#### 3/4", "0.75", 1.0, None),
+    ("#### -1/2", "-0.5", 1.0, None),
+    ("#### 1/3", "0.333333333", 1.0, None),
+    ("#### 0.33", "1/3", 0.0, None),
+    ("#### 1,000,001", "1000000", 0.0, None),  # no relative tolerance by default
+    ("#### -7", "-7", 1.0, None),
+    ("#### \u22127", "-7", 1.0, None),
+    ("#### -7", "7", 0.0, None),
+    ("#### **42**", "42", 1.0, None),
+    ("#### `42`", "42", 1.0, None),
+    ("#### 42 dollars", "42", 1.0, None),
+    ("#### 12 apples.", "12", 1.0, None),
+    ("#### 42 or 43", "42", 0.0, None),
+    ("#### The answer is 42", "42", 0.0, None),
+    ("#### 2+3", "5", 0.0, None),
+    ("#### 1e3", "1000", 0.0, None),
+    ("#### 42\n#### 43", "43", 1.0, None),
+    ("#### 42\n#### 43", "42", 0.0, None),
+    ("#### 42\n#### maybe", "42", 0.0, None),
+    ("", "42", 0.0, None),
+    ("####", "42", 0.0, None),
+    ("The answer is 42.", "42", 0.0, None),
+    ("Q: Tom has 42 apples. How many?\nTom has 42 apples.", "42", 0.0, None),
+    ("#### \u0664\u0662", "42", 0.0, None),  # Arabic-Indic digits
+    ("#### \uff14\uff12", "42", 0.0, None),  # fullwidth digits
+    ("#### 4 \u00bd", "4", 0.0, None),  # vulgar fraction after the number
+    ("#### " + "9" * 20, "9" * 20, 0.0, None),  # above max_abs
+    ("#### " + "9" * 400, "42", 0.0, None),  # float overflow -> inf
+    ("#### 999999999999999", "999999999999999", 1.0, None),  # just below max_abs
+    ("```\n#### 42\n```", "42", 1.0, None),
+    ('```python\nprint("#### 42")\n```', "42", 0.0, None),
+    ("So the answer: #### 42", "42", 1.0, None),
+    ("#### 42\nI hope this helps!", "42", 1.0, None),
+    ("The answer is \\boxed{42}.", "42", 1.0, BOXED),
+    ("\\boxed{1} then \\boxed{2}", "2", 1.0, BOXED),
+    ("\\boxed{\\frac{3}{4}}", "0.75", 1.0, BOXED),
+    ("\\boxed{\\$1{,}234}", "1234", 1.0, BOXED),
+    ("\\boxed{42\\%}", "42", 1.0, BOXED),
+    ("\\boxed{42 \\text{ dollars}}", "42", 1.0, BOXED),
+    ("\\boxed{42", "42", 0.0, BOXED),
+    ("#### 42", "42", 0.0, BOXED),
+    ("\\boxed{42}", "42", 0.0, None),
+]
+
+
+@pytest.mark.parametrize("response, gold, expected_reward, config", EDGE_CASES)
+def test_edge_case_reward(response, gold, expected_reward, config):
+    verdict = verify(response, gold, config or VerifierConfig())
+
+    assert verdict.reward == expected_reward, verdict
+    assert (verdict.feedback == "") == (expected_reward == 1.0)
+
+
+@pytest.mark.parametrize(
+    "response, config, expected_feedback",
+    [
+        ("no marker here", None, "no line of the form '#### <number>' was found"),
+        ("#### 41", None, "the final answer 41 is not correct"),
+        ("#### abc", None, "the final answer 'abc' is not a number"),
+        (
+            "#### \u0664\u0662",
+            None,
+            "the final answer '\u0664\u0662' is not a number (write it with the digits 0-9)",
+        ),
+        ("#### ", None, "the final answer is empty"),
+        (
+            "#### 1" + "0" * 16,
+            None,
+            "the final answer 1" + "0" * 16 + " is too large to be accepted",
+        ),
+        ("42", BOXED, "no final answer of the form \\boxed{<number>} was found"),
+    ],
+)
+def test_feedback_sentence(response, config, expected_feedback):
+    assert verify(response, "42", config or VerifierConfig()).feedback == expected_feedback
+
+
+def test_feedback_shortens_a_long_non_answer():
+    verdict = verify("#### " + "x" * 500, "42")
+
+    assert verdict.reward == 0.0 and len(verdict.feedback) < 120
+    assert verdict.extracted == "x" * 500
+
+
+@pytest.mark.parametrize(
+    "response, answer_format, expected",
+    [
+        ("a\n#### 42 \nb", "hash", "42"),
+        ("#### 1\n#### 2", "hash", "2"),
+        ("no answer", "hash", None),
+        ("x \\boxed{\\frac{1}{2}} y", "boxed", "\\frac{1}{2}"),
+        ("\\boxed{1} \\boxed{2", "boxed", "1"),
+        ("no box", "boxed", None),
+    ],
+)
+def test_extract_answer_returns_raw_text(response, answer_format, expected):
+    assert extract_answer(response, answer_format) == expected
+
+
+def test_verdict_keeps_the_raw_extracted_text():
+    assert verify("#### $1,234 dollars", "1234") == Verdict(1.0, "", "$1,234 dollars")
+
+
+def test_tolerance_comes_from_config():
+    loose = VerifierConfig(abs_tol=0.01)
+    relative = VerifierConfig(rel_tol=1e-6)
+
+    assert verify("#### 0.333", "1/3", loose).reward == 1.0
+    assert verify("#### 0.333", "1/3").reward == 0.0
+    assert verify("#### 1000001", "1000000", relative).reward == 1.0
+    assert verify("#### 1000001", "1000000").reward == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"answer_format": "json"}, {"rel_tol": -1.0}, {"max_abs": float("nan")}]
+)
+def test_bad_config_is_a_clear_error(kwargs):
+    with pytest.raises(ValueError, match="VerifierConfig"):
+        VerifierConfig(**kwargs)
+
+
+def test_unparseable_gold_is_a_clear_error():
+    with pytest.raises(ValueError, match="gold answer 'abc' is not a number"):
+        verify("#### 1", "abc")
+    with pytest.raises(ValueError, match="item 1: gold answer 'x'"):
+        verify_batch(["#### 1", "#### 2"], ["1", "x"])
+
+
+def test_verify_batch_rejects_length_mismatch():
+    with pytest.raises(ValueError, match="2 responses but 1 gold answers"):
+        verify_batch(["#### 1", "#### 2"], ["1"])
+
+
+def test_verify_batch_matches_verify_one_by_one():
+    responses = ["#### 1", "#### 2", "nothing", "#### x", "#### 3/4"]
+    golds = ["1", "1", "1", "1", "0.75"]
+
+    rewards, feedback = verify_batch(responses, golds)
+
+    expected = [verify(r, g) for r, g in zip(responses, golds, strict=True)]
+    np.testing.assert_array_equal(rewards, [v.reward for v in expected])
+    assert feedback == [v.feedback for v in expected]
+
+
+def _check_never_raises(text):
+    for config in (VerifierConfig(), BOXED):
+        verdict = verify(text, "42", config)
+        assert verdict.reward in (0.0, 1.0)
+        assert (verdict.feedback == "") == (verdict.reward == 1.0)
+    value = parse_number(text)
+    assert value is None or isinstance(value, float)
+
+
+# Hypothesis spends about 2 ms per example generating text (the verifier about 20 us), so the
+# fast suite fuzzes 1k strings and the slow suite 10k.
+@settings(max_examples=1_000, deadline=None)
+@given(st.text())
+def test_arbitrary_unicode_never_raises(text):
+    _check_never_raises(text)
+
+
+@pytest.mark.slow
+@settings(max_examples=10_000, deadline=None)
+@given(st.text())
+def test_arbitrary_unicode_never_raises_10k(text):
+    _check_never_raises(text)
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(st.text(alphabet="#$%*,./\\{}-+ 0123456789boxedfrac\n\u0664\u2212"))
+def test_answer_like_text_never_raises(text):
+    verify(text, "42")
+    verify(text, "42", BOXED)
