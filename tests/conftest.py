@@ -30,3 +30,17 @@ def smollm2_gguf_path() -> pathlib.Path:
         return find_smollm2_gguf()
     except FileNotFoundError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def arith_tokenizer(tmp_path_factory):
+    """A small SentencePiece tokenizer (ChatML markers) trained on the arith curriculum."""
+    from pmd_jax.data.arith import ArithConfig, generate_split
+    from pmd_jax.data.prompts import DEFAULT_SYSTEM_PROMPTS
+    from pmd_jax.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+    problems = generate_split(ArithConfig(train_size=400, test_size=40), "train")
+    texts = [p.question for p in problems] + [p.solution for p in problems]
+    texts += list(DEFAULT_SYSTEM_PROMPTS.values()) + ["system", "user", "assistant"]
+    path = train_sentencepiece(texts, tmp_path_factory.mktemp("spm") / "arith", vocab_size=512)
+    return SentencePieceTokenizer.from_file(path)

@@ -1,0 +1,75 @@
+"""Student prompts: a system instruction with the answer convention, the question, the template.
+
+The answer convention must match the verifier's (`pmd_jax.verify`): "hash" asks for a last line
+`#### <number>`, "boxed" for `\\boxed{<number>}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from pmd_jax.tokenizer import ChatPrompt, Tokenizer, format_chat
+from pmd_jax.verify import ANSWER_FORMATS
+
+DEFAULT_SYSTEM_PROMPTS = {
+    "hash": (
+        "You are a careful math solver. Solve the problem step by step, showing the "
+        "calculations. End your response with a final line of the form `#### <number>` "
+        "that gives only the final numeric answer, for example:\n#### 42"
+    ),
+    "boxed": (
+        "You are a careful math solver. Solve the problem step by step, showing the "
+        "calculations. End your response with the final numeric answer in \\boxed{}, "
+        "for example: \\boxed{42}"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    """How a question becomes a chat prompt."""
+
+    answer_format: str = "hash"  # "hash" (#### <number>) | "boxed" (\boxed{<number>})
+    system_prompt: str | None = None  # None: DEFAULT_SYSTEM_PROMPTS[answer_format]
+    chat_format: str | None = None  # passed to tokenizer.format_chat; None: the tokenizer's own
+
+    def __post_init__(self):
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(
+                f"PromptConfig.answer_format={self.answer_format!r}; expected one of "
+                f"{ANSWER_FORMATS}"
+            )
+
+
+def system_prompt(config: PromptConfig) -> str:
+    """The system instruction of a config: its own, else the default for its answer format."""
+    if config.system_prompt is not None:
+        return config.system_prompt
+    return DEFAULT_SYSTEM_PROMPTS[config.answer_format]
+
+
+def build_messages(question: str, config: PromptConfig = PromptConfig()) -> list[tuple[str, str]]:
+    """The chat of one problem: [(role, content)], system instruction then the question."""
+    question = question.strip()
+    if not question:
+        raise ValueError("build_messages: the question is empty")
+    messages = [("user", question)]
+    instruction = system_prompt(config)
+    # An empty system prompt means "no system turn" (e.g. for templates without one).
+    return [("system", instruction), *messages] if instruction else messages
+
+
+def format_prompts(
+    tokenizer: Tokenizer, questions: Sequence[str], config: PromptConfig = PromptConfig()
+) -> list[ChatPrompt]:
+    """Questions -> ChatPrompts (ids [T] ending with the assistant header; response_start = T)."""
+    return [
+        format_chat(
+            tokenizer,
+            build_messages(question, config),
+            chat_format=config.chat_format,
+            add_generation_prompt=True,
+        )
+        for question in questions
+    ]
