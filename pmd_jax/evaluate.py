@@ -25,7 +25,13 @@ from tqdm import tqdm
 
 from pmd_jax.data.prompts import PromptConfig, format_prompts
 from pmd_jax.model.config import ModelConfig
-from pmd_jax.sampling import SampleConfig, left_pad, response_token_lists, sample
+from pmd_jax.sampling import (
+    SampleConfig,
+    answer_line_stop_table,
+    left_pad,
+    response_token_lists,
+    sample,
+)
 from pmd_jax.verify import VerifierConfig, verify_batch
 
 
@@ -41,6 +47,7 @@ class EvalConfig:
     answer_format: str = "hash"
     seed: int = 0
     prompt_bucket: int = 64
+    stop_at_answer: bool = True  # end a response after its '#### <answer>' line ("hash" format)
 
     def sample_config(self, tokenizer) -> SampleConfig:
         return SampleConfig(
@@ -102,6 +109,9 @@ def evaluate(
     prompt_ids = [list(prompt.ids) for prompt in prompts]
     width = left_pad(prompt_ids, tokenizer.pad_id, bucket=config.prompt_bucket)[0].shape[1]
     verifier = VerifierConfig(answer_format=config.answer_format)
+    stop_table = None
+    if config.stop_at_answer and config.answer_format == "hash":
+        stop_table = answer_line_stop_table(tokenizer)
     rng = jax.random.PRNGKey(config.seed)
     records: list[dict[str, Any]] = []
     out_file = None
@@ -117,7 +127,7 @@ def evaluate(
             rows = chunk + [chunk[0]] * (config.batch_size - len(chunk))
             tokens, mask = left_pad([prompt_ids[i] for i in rows], tokenizer.pad_id, length=width)
             rng, call_rng = jax.random.split(rng)
-            output = sample(params, model_config, tokens, mask, call_rng, sample_config)
+            output = sample(params, model_config, tokens, mask, call_rng, sample_config, stop_table)
             responses = [tokenizer.decode(ids) for ids in response_token_lists(output)]
             lengths = np.asarray(output.lengths)
             for slot, index in enumerate(chunk):
@@ -206,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size,
         answer_format=args.answer_format,
         seed=args.seed,
+        stop_at_answer=not args.no_stop_at_answer,
     )
     summary = evaluate(
         model.params, model.config, model.tokenizer, problems, config, jsonl_path=args.out

@@ -50,7 +50,8 @@ class SampleOutput(NamedTuple):
     """tokens: [N, G] int32 (pad_id after the stop token); logprobs: [N, G] float32, the log-prob of
     each chosen token under softmax(logits / temperature) before top-k/top-p truncation (plain
     softmax when greedy), 0 after the stop; lengths: [N] int32 generated tokens including the stop
-    token; stopped: [N] bool, True where a stop token was produced."""
+    token or the token that completed the stop automaton; stopped: [N] bool, True where a stop
+    token or the stop automaton ended the row."""
 
     tokens: jax.Array
     logprobs: jax.Array
@@ -116,6 +117,8 @@ class _DecodeState(NamedTuple):
     tokens: jax.Array  # [N, G]
     logprobs: jax.Array  # [N, G]
     done: jax.Array  # [N] bool
+    stop_state: jax.Array  # [N] int32, state of the stop automaton
+    lengths: jax.Array  # [N] int32, tokens generated so far (the stop token included)
     rng: jax.Array
 
 
@@ -127,8 +130,13 @@ def sample(
     prompt_mask: jax.Array,
     rng: jax.Array,
     config: SampleConfig,
+    stop_table: jax.Array | None = None,
 ) -> SampleOutput:
-    """Sample J continuations of each left-padded prompt. prompt_tokens, prompt_mask: [B, T]."""
+    """Sample J continuations of each left-padded prompt. prompt_tokens, prompt_mask: [B, T].
+
+    stop_table: optional [Q, V] int8 token transition table of a stop automaton (start state 0,
+    accept state Q - 1, e.g. `answer_line_stop_table`): a row also stops when it reaches accept.
+    """
     model = Transformer(model_config)
     apply = functools.partial(model.apply, {"params": params})
     lm_head = lm_head_matrix(params, model_config)
@@ -150,6 +158,8 @@ def sample(
         tokens=jnp.full((rows, gen), config.pad_id, jnp.int32),
         logprobs=jnp.zeros((rows, gen), jnp.float32),
         done=jnp.zeros((rows,), bool),
+        stop_state=jnp.zeros((rows,), jnp.int32),
+        lengths=jnp.zeros((rows,), jnp.int32),
         rng=rng,
     )
     stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
@@ -162,6 +172,10 @@ def sample(
         token = jnp.where(s.done, config.pad_id, token)
         logprob = jnp.where(s.done, 0.0, logprob)
         done = s.done | jnp.isin(token, stop_ids)
+        stop_state = s.stop_state
+        if stop_table is not None:
+            stop_state = stop_table[s.stop_state, jnp.maximum(token, 0)].astype(jnp.int32)
+            done = done | (stop_state == stop_table.shape[0] - 1)
         slot = prompt_len + s.step
         context = KVContext(s.keys, s.values, s.cache_mask)
         hidden, (new_k, new_v) = apply(
@@ -181,6 +195,8 @@ def sample(
                 s.logprobs, logprob[:, None], s.step, axis=1
             ),
             done=done,
+            stop_state=stop_state,
+            lengths=s.lengths + (~s.done).astype(jnp.int32),
             rng=rng,
         )
 
@@ -188,11 +204,7 @@ def sample(
         return (s.step < gen) & ~jnp.all(s.done)
 
     final = jax.lax.while_loop(not_finished, decode_step, state)
-    is_stop = jnp.isin(final.tokens, stop_ids)
-    first_stop = jnp.argmax(is_stop, axis=1)
-    stopped = jnp.any(is_stop, axis=1)
-    lengths = jnp.where(stopped, first_stop + 1, gen).astype(jnp.int32)
-    return SampleOutput(final.tokens, final.logprobs, lengths, stopped)
+    return SampleOutput(final.tokens, final.logprobs, final.lengths, final.done)
 
 
 def bucket_length(length: int, bucket: int = 64) -> int:
@@ -222,3 +234,39 @@ def response_token_lists(output: SampleOutput) -> list[list[int]]:
     tokens = np.asarray(output.tokens)
     lengths = np.asarray(output.lengths)
     return [tokens[row, : lengths[row]].tolist() for row in range(tokens.shape[0])]
+
+
+# A stop rule "the response ends with the line that gives the '#### <answer>'": a 6-state
+# automaton over characters (0-3: that many '#' in a row, 4: '####' seen on this line, 5: a
+# newline after it = stop), lifted to tokens by running every token's text from every state.
+ANSWER_LINE_ACCEPT = 5
+
+
+def _answer_line_step(state: int, char: str) -> int:
+    if state == ANSWER_LINE_ACCEPT:
+        return state
+    if state == 4:
+        return ANSWER_LINE_ACCEPT if char == "\n" else 4
+    return state + 1 if char == "#" else 0
+
+
+@functools.lru_cache(maxsize=8)
+def answer_line_stop_table(tokenizer) -> np.ndarray:
+    """Token transition table [6, V] int8 of the answer-line stop automaton (start state 0).
+
+    Passed to `sample(..., stop_table=...)`, it ends a row right after the token that completes
+    the first line containing '####' (so a model that keeps writing after its answer line is cut
+    there, as a stop string would). Special tokens map to their own text, usually no '#'.
+    """
+    vocab = tokenizer.vocab_size
+    table = np.zeros((ANSWER_LINE_ACCEPT + 1, vocab), np.int8)
+    for token in range(vocab):
+        text = tokenizer.decode([token], skip_special=False)
+        for start in range(ANSWER_LINE_ACCEPT + 1):
+            state = start
+            for char in text:
+                state = _answer_line_step(state, char)
+                if state == ANSWER_LINE_ACCEPT:
+                    break
+            table[start, token] = state
+    return table

@@ -251,3 +251,72 @@ def test_smollm2_greedy_generation_matches_transformers(smollm2_gguf_path):
         assert np.asarray(ours.tokens[row]).tolist()[: len(ref_tokens)] == ref_tokens, (
             f"prompt {row}"
         )
+
+
+def _char_automaton_stop(text: str) -> int | None:
+    """Index just past the newline ending the first line that contains '####' (reference)."""
+    hashes = text.find("####")
+    if hashes < 0:
+        return None
+    newline = text.find("\n", hashes)
+    return None if newline < 0 else newline + 1
+
+
+def test_answer_line_stop_table_matches_character_automaton(arith_tokenizer):
+    from pmd_jax.sampling import ANSWER_LINE_ACCEPT, answer_line_stop_table
+
+    tok = arith_tokenizer
+    table = answer_line_stop_table(tok)
+    assert table.shape == (ANSWER_LINE_ACCEPT + 1, tok.vocab_size)
+    pieces = [tok.decode([i], skip_special=False) for i in range(tok.vocab_size)]
+    candidates = [i for i, p in enumerate(pieces) if "#" in p or "\n" in p or p.strip()]
+    rng = np.random.default_rng(0)
+    texts = ["So 3 + 4 = 7.\n#### 7\n#### 8\n", "## no\n### 5\n#### 12", "####\n", "a#### 3.\n\nb"]
+    sequences = [tok.encode(t) for t in texts]
+    sequences += [rng.choice(candidates, size=30).tolist() for _ in range(300)]
+    for seq in sequences:
+        state, stop_at = 0, None
+        for position, token in enumerate(seq):
+            state = int(table[state, token])
+            if state == ANSWER_LINE_ACCEPT:
+                stop_at = position + 1
+                break
+        text = "".join(pieces[t] for t in seq)
+        ref = _char_automaton_stop(text)
+        if ref is None:
+            assert stop_at is None, (seq, text)
+        else:  # the stop lands on the token whose text holds that newline
+            assert stop_at is not None and len("".join(pieces[t] for t in seq[: stop_at - 1])) < ref
+            assert len("".join(pieces[t] for t in seq[:stop_at])) >= ref
+
+
+def test_stop_automaton_ends_rows_like_a_stop_token():
+    config = _tiny("llama")
+    params = _params(config)
+    tokens, mask = left_pad(_prompts(), pad_id=0, bucket=16)
+    free = np.asarray(
+        sample(
+            params,
+            config,
+            tokens,
+            mask,
+            jax.random.PRNGKey(0),
+            SampleConfig(max_new_tokens=24, temperature=0.0),
+        ).tokens
+    )
+    stop = int(free[0, 5])
+    table = np.zeros((2, config.vocab_size), np.int8)
+    table[:, stop] = 1  # reaching state 1 (accept) on `stop`, from any state
+    table[1, :] = 1
+    sample_config = SampleConfig(max_new_tokens=24, temperature=0.0, pad_id=-1)
+    by_table = sample(params, config, tokens, mask, jax.random.PRNGKey(0), sample_config, table)
+    by_id = sample(
+        params,
+        config,
+        tokens,
+        mask,
+        jax.random.PRNGKey(0),
+        SampleConfig(max_new_tokens=24, temperature=0.0, pad_id=-1, stop_ids=(stop,)),
+    )
+    for field in ("tokens", "logprobs", "lengths", "stopped"):
+        np.testing.assert_array_equal(getattr(by_table, field), getattr(by_id, field))
