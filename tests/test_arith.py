@@ -100,7 +100,7 @@ def test_every_family_and_step_count_appears_balanced(splits, split, size):
     counts = collections.Counter((p.family, p.num_steps) for p in splits[split])
 
     assert len(splits[split]) == size
-    assert set(counts) == {(f, k) for f in FAMILIES for k in range(1, SMALL.max_steps + 1)}
+    assert set(counts) == {(f, k) for f in SMALL.families for k in range(1, SMALL.max_steps + 1)}
     assert max(counts.values()) - min(counts.values()) <= 1
 
 
@@ -187,7 +187,7 @@ def test_num_steps_out_of_range_is_a_value_error(num_steps):
     [
         ({"max_steps": 0}, "max_steps=0"),
         ({"max_operand": 4}, "max_operand=4"),
-        ({"test_size": 10}, "test_size=10 must be >= 24"),
+        ({"test_size": 10}, "test_size=10 must be >= 16"),
         ({"families": ()}, "non-empty"),
     ],
 )

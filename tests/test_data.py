@@ -167,7 +167,7 @@ def test_default_messages_ask_for_a_hash_line():
 
 def test_boxed_format_asks_for_a_box():
     (role, instruction), _ = prompts.build_messages("Q?", prompts.PromptConfig("boxed"))
-    assert role == "system" and "\\boxed{}" in instruction and "####" not in instruction
+    assert role == "system" and "\\boxed{<number>}" in instruction and "####" not in instruction
 
 
 def test_custom_and_empty_system_prompts():

@@ -12,16 +12,25 @@ from collections.abc import Sequence
 from pmd_jax.tokenizer import ChatPrompt, Tokenizer, format_chat
 from pmd_jax.verify import ANSWER_FORMATS
 
+# One worked example in the system turn: without it SmolLM2-135M-Instruct rarely writes the
+# '#### <number>' line at all (0/32 one-step arith problems with a plain instruction, 12/32 with
+# this prompt, greedy; README "Base accuracy").
 DEFAULT_SYSTEM_PROMPTS = {
     "hash": (
-        "You are a careful math solver. Solve the problem step by step, showing the "
-        "calculations. End your response with a final line of the form `#### <number>` "
-        "that gives only the final numeric answer, for example:\n#### 42"
+        "You solve math word problems. Work step by step: write one short calculation per "
+        "line, like '3 * 4 = 12'. After the last calculation, write the final answer alone on "
+        "the last line as '#### <number>' and stop.\n\n"
+        "Example problem: A box holds 6 eggs. Sam buys 4 boxes and breaks 3 eggs. How many eggs "
+        "does Sam have left?\nExample solution:\nSam buys 4 * 6 = 24 eggs.\n"
+        "He has 24 - 3 = 21 eggs left.\n#### 21"
     ),
     "boxed": (
-        "You are a careful math solver. Solve the problem step by step, showing the "
-        "calculations. End your response with the final numeric answer in \\boxed{}, "
-        "for example: \\boxed{42}"
+        "You solve math word problems. Work step by step: write one short calculation per "
+        "line, like '3 * 4 = 12'. After the last calculation, write the final answer as "
+        "\\boxed{<number>} and stop.\n\n"
+        "Example problem: A box holds 6 eggs. Sam buys 4 boxes and breaks 3 eggs. How many eggs "
+        "does Sam have left?\nExample solution:\nSam buys 4 * 6 = 24 eggs.\n"
+        "He has 24 - 3 = 21 eggs left.\n\\boxed{21}"
     ),
 }
 
