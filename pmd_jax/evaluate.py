@@ -199,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--out", default=None, help="per-problem JSONL (summary goes to .summary.json)"
     )
+    parser.add_argument(
+        "--no-stop-at-answer",
+        action="store_true",
+        help="keep generating after the '#### <answer>' line",
+    )
     args = parser.parse_args(argv)
 
     from pmd_jax.model.registry import load

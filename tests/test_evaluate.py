@@ -33,15 +33,25 @@ def _problems(n):
 
 def test_evaluate_is_deterministic_and_jsonl_matches_summary(arith_tokenizer, tmp_path):
     tok = arith_tokenizer
-    config = ModelConfig(architecture="llama", vocab_size=tok.vocab_size, hidden_size=32,
-                         intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+    config = ModelConfig(
+        architecture="llama",
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+    )
     params = init_params(config, jax.random.PRNGKey(0))
     problems = _problems(5)  # batch 4: the last call is padded with repeats that are dropped
     eval_config = EvalConfig(num_samples=3, max_new_tokens=12, batch_size=4, seed=1)
-    first = evaluate(params, config, tok, problems, eval_config, jsonl_path=tmp_path / "a.jsonl",
-                     progress=False)
-    again = evaluate(params, config, tok, problems, eval_config, jsonl_path=tmp_path / "b.jsonl",
-                     progress=False)
+    first = evaluate(
+        params, config, tok, problems, eval_config, jsonl_path=tmp_path / "a.jsonl", progress=False
+    )
+    again = evaluate(
+        params, config, tok, problems, eval_config, jsonl_path=tmp_path / "b.jsonl", progress=False
+    )
     lines_a = (tmp_path / "a.jsonl").read_text().splitlines()
     assert lines_a == (tmp_path / "b.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines_a]
@@ -50,12 +60,56 @@ def test_evaluate_is_deterministic_and_jsonl_matches_summary(arith_tokenizer, tm
     assert all(max(r["lengths"]) <= 12 for r in records)
     assert first == again
     assert first["avg_at_k"] == pytest.approx(np.mean([np.mean(r["rewards"]) for r in records]))
-    greedy = evaluate(params, config, tok, problems,
-                      EvalConfig(num_samples=3, temperature=0.0, max_new_tokens=12, batch_size=4),
-                      progress=False)
+    greedy = evaluate(
+        params,
+        config,
+        tok,
+        problems,
+        EvalConfig(num_samples=3, temperature=0.0, max_new_tokens=12, batch_size=4),
+        progress=False,
+    )
     assert greedy["k"] == 1
 
 
 def test_evaluate_rejects_an_empty_problem_list(arith_tokenizer):
     with pytest.raises(ValueError, match="no problems"):
         evaluate({}, None, arith_tokenizer, [], EvalConfig(), progress=False)
+
+
+def test_cli_parses_and_reports(monkeypatch, arith_tokenizer, tmp_path):
+    """The CLI wires its flags into EvalConfig and writes the JSONL and the summary."""
+    from pmd_jax import evaluate as evaluate_module
+    from pmd_jax.model import registry
+
+    config = ModelConfig(
+        architecture="llama",
+        vocab_size=arith_tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+    )
+    loaded = registry.LoadedModel(
+        config, init_params(config, jax.random.PRNGKey(0)), arith_tokenizer
+    )
+    monkeypatch.setattr(registry, "load", lambda name: loaded)
+    monkeypatch.setattr(evaluate_module, "load_problems", lambda *a, **k: _problems(3))
+    out = tmp_path / "eval.jsonl"
+    summary = evaluate_module.main(
+        [
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "2",
+            "--no-stop-at-answer",
+            "--out",
+            str(out),
+        ]
+    )
+    assert summary["config"]["stop_at_answer"] is False and summary["config"]["num_samples"] == 2
+    assert len(out.read_text().splitlines()) == 3
+    assert json.loads(out.with_suffix(".summary.json").read_text())["num_problems"] == 3
