@@ -244,6 +244,24 @@ def _distill_from_token_stats(
     return loss, metrics
 
 
+def _token_stats(
+    student_logits: jax.Array, teacher_logits: jax.Array, tokens: jax.Array, config: LossConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Logits [N, T, V] -> (divergence, student and teacher log-prob of `tokens`), each [N, T]."""
+    n, t, v = student_logits.shape
+    divergence = distill_divergence(
+        student_logits.reshape(n * t, v),
+        teacher_logits.reshape(n * t, v),
+        alpha=config.alpha,
+        top_k=config.top_k,
+        temperature=config.temperature,
+        tail_epsilon=config.tail_epsilon,
+    ).reshape(n, t)
+    student_logprobs = sampled_logprobs(student_logits, tokens, config.temperature)
+    teacher_logprobs = sampled_logprobs(teacher_logits, tokens, config.temperature)
+    return divergence, student_logprobs, teacher_logprobs
+
+
 def self_distillation_loss(
     student_logits: jax.Array,
     teacher_logits: jax.Array,
@@ -260,21 +278,8 @@ def self_distillation_loss(
     (the sample has a teacher signal); student_logprobs_old, sampler_logprobs: [N, T] or None
     (None: on-policy, ratio 1). Returns (loss scalar, metrics); loss is 0 when nothing is masked in.
     """
-    n, t, v = student_logits.shape
-    divergence = distill_divergence(
-        student_logits.reshape(n * t, v),
-        teacher_logits.reshape(n * t, v),
-        alpha=config.alpha,
-        top_k=config.top_k,
-        temperature=config.temperature,
-        tail_epsilon=config.tail_epsilon,
-    ).reshape(n, t)
-    student_logprobs = sampled_logprobs(student_logits, tokens, config.temperature)
-    teacher_logprobs = sampled_logprobs(teacher_logits, tokens, config.temperature)
     return _distill_from_token_stats(
-        divergence,
-        student_logprobs,
-        teacher_logprobs,
+        *_token_stats(student_logits, teacher_logits, tokens, config),
         response_mask,
         sample_mask,
         student_logprobs_old,
@@ -305,20 +310,7 @@ def self_distillation_loss_from_hidden(
     def per_chunk(student_h, teacher_h, chunk_tokens):
         student_logits = _chunk_logits(student_h, student_lm_head)
         teacher_logits = _chunk_logits(teacher_h, lax.stop_gradient(teacher_lm_head))
-        n, c, v = student_logits.shape
-        divergence = distill_divergence(
-            student_logits.reshape(n * c, v),
-            teacher_logits.reshape(n * c, v),
-            alpha=config.alpha,
-            top_k=config.top_k,
-            temperature=config.temperature,
-            tail_epsilon=config.tail_epsilon,
-        ).reshape(n, c)
-        return (
-            divergence,
-            sampled_logprobs(student_logits, chunk_tokens, config.temperature),
-            sampled_logprobs(teacher_logits, chunk_tokens, config.temperature),
-        )
+        return _token_stats(student_logits, teacher_logits, chunk_tokens, config)
 
     divergence, student_logprobs, teacher_logprobs = _map_time_chunks(
         per_chunk, (student_hidden, lax.stop_gradient(teacher_hidden), tokens), chunk
