@@ -26,16 +26,10 @@ def test_summarise_computes_avg_and_pass_at_k_per_level():
     assert summary["by_group"]["b/steps=2"]["avg_at_k"] == pytest.approx(0.75)
 
 
-def _problems(n):
-    problems = generate_split(ArithConfig(train_size=50, test_size=24), "test")[:n]
-    return [dict(vars(p), id=i) for i, p in enumerate(problems)]
-
-
-def test_evaluate_is_deterministic_and_jsonl_matches_summary(arith_tokenizer, tmp_path):
-    tok = arith_tokenizer
-    config = ModelConfig(
+def _tiny_config(tokenizer) -> ModelConfig:
+    return ModelConfig(
         architecture="llama",
-        vocab_size=tok.vocab_size,
+        vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_layers=2,
@@ -43,6 +37,16 @@ def test_evaluate_is_deterministic_and_jsonl_matches_summary(arith_tokenizer, tm
         num_kv_heads=2,
         head_dim=8,
     )
+
+
+def _problems(n):
+    problems = generate_split(ArithConfig(train_size=50, test_size=24), "test")[:n]
+    return [dict(vars(p), id=i) for i, p in enumerate(problems)]
+
+
+def test_evaluate_is_deterministic_and_jsonl_matches_summary(arith_tokenizer, tmp_path):
+    tok = arith_tokenizer
+    config = _tiny_config(tok)
     params = init_params(config, jax.random.PRNGKey(0))
     problems = _problems(5)  # batch 4: the last call is padded with repeats that are dropped
     eval_config = EvalConfig(num_samples=3, max_new_tokens=12, batch_size=4, seed=1)
@@ -81,16 +85,7 @@ def test_cli_parses_and_reports(monkeypatch, arith_tokenizer, tmp_path):
     from pmd_jax import evaluate as evaluate_module
     from pmd_jax.model import registry
 
-    config = ModelConfig(
-        architecture="llama",
-        vocab_size=arith_tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-    )
+    config = _tiny_config(arith_tokenizer)
     loaded = registry.LoadedModel(
         config, init_params(config, jax.random.PRNGKey(0)), arith_tokenizer
     )

@@ -122,21 +122,19 @@ def test_group_rows_are_prompt_major_under_greedy():
     np.testing.assert_array_equal(np.repeat(np.asarray(single.tokens), 3, axis=0), group.tokens)
 
 
-def test_stop_token_ends_each_row_independently():
+def _free_greedy_run():
+    """A tiny llama, 8 left-padded prompts and their 24 greedy tokens without any stop."""
     config = _tiny("llama")
     params = _params(config)
     prompts = _prompts()
     tokens, mask = left_pad(prompts, pad_id=0, bucket=16)
-    free = np.asarray(
-        sample(
-            params,
-            config,
-            tokens,
-            mask,
-            jax.random.PRNGKey(0),
-            SampleConfig(max_new_tokens=24, temperature=0.0),
-        ).tokens
-    )
+    greedy = SampleConfig(max_new_tokens=24, temperature=0.0)
+    free = sample(params, config, tokens, mask, jax.random.PRNGKey(0), greedy).tokens
+    return config, params, prompts, tokens, mask, np.asarray(free)
+
+
+def test_stop_token_ends_each_row_independently():
+    config, params, prompts, tokens, mask, free = _free_greedy_run()
     stop = int(free[0, 5])  # a token row 0 emits at step 5; other rows emit it later or never
     out = sample(
         params,
@@ -291,19 +289,7 @@ def test_answer_line_stop_table_matches_character_automaton(arith_tokenizer):
 
 
 def test_stop_automaton_ends_rows_like_a_stop_token():
-    config = _tiny("llama")
-    params = _params(config)
-    tokens, mask = left_pad(_prompts(), pad_id=0, bucket=16)
-    free = np.asarray(
-        sample(
-            params,
-            config,
-            tokens,
-            mask,
-            jax.random.PRNGKey(0),
-            SampleConfig(max_new_tokens=24, temperature=0.0),
-        ).tokens
-    )
+    config, params, _, tokens, mask, free = _free_greedy_run()
     stop = int(free[0, 5])
     table = np.zeros((2, config.vocab_size), np.int8)
     table[:, stop] = 1  # reaching state 1 (accept) on `stop`, from any state
