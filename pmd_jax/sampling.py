@@ -270,3 +270,39 @@ def answer_line_stop_table(tokenizer) -> np.ndarray:
                     break
             table[start, token] = state
     return table
+
+
+def generate_texts(
+    params: dict,
+    model_config: ModelConfig,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    config: SampleConfig,
+    rng: jax.Array,
+    *,
+    batch_size: int = 16,
+    bucket: int = 64,
+    max_prompt_tokens: int | None = None,
+) -> list[str]:
+    """Decoded responses for prompt id lists (J = config.num_samples per prompt, prompt-major).
+
+    Calls `sample` in fixed-shape batches (the last one filled with repeats that are dropped) with
+    every prompt padded to one bucketed width, so a call compiles once per (width, config). Prompts
+    longer than `max_prompt_tokens` raise: the caller decides how to shorten its own text.
+    """
+    if not prompts:
+        return []
+    longest = max(len(p) for p in prompts)
+    if max_prompt_tokens is not None and longest > max_prompt_tokens:
+        raise ValueError(f"generate_texts: a prompt has {longest} > {max_prompt_tokens} tokens")
+    width = bucket_length(longest, bucket)
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[start : start + batch_size]]
+        rows = chunk + [chunk[0]] * (batch_size - len(chunk))
+        tokens, mask = left_pad(rows, tokenizer.pad_id, length=width)
+        rng, call_rng = jax.random.split(rng)
+        output = sample(params, model_config, tokens, mask, call_rng, config)
+        decoded = [tokenizer.decode(ids) for ids in response_token_lists(output)]
+        texts.extend(decoded[: len(chunk) * config.num_samples])
+    return texts

@@ -1,0 +1,79 @@
+"""The student's optimizer: optax AdamW with grad clipping and a warmup schedule.
+
+Gradient accumulation and the non-finite guard live in the train step (`pmd_jax.train_step`),
+where the micro-batch token counts are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW hyperparameters (METHOD section 8: lr 1e-5, warmup 10, grad clip 1.0)."""
+
+    learning_rate: float = 1e-5
+    warmup_steps: int = 10  # linear from 0 to learning_rate
+    schedule: str = "constant"  # after warmup: "constant" or "cosine" (to final_lr_fraction)
+    decay_steps: int = 0  # cosine length after warmup; 0 = the run's total steps
+    final_lr_fraction: float = 0.0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; 0 = off
+    micro_batches: int = 1  # gradient accumulation: the batch is split into this many parts
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}; expected {SCHEDULES}")
+        if self.learning_rate < 0 or self.warmup_steps < 0 or self.micro_batches < 1:
+            raise ValueError(
+                "OptimizerConfig: learning_rate and warmup_steps must be >= 0, micro_batches >= 1"
+            )
+
+
+def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """Linear warmup to the peak, then constant or cosine decay over the remaining steps."""
+    warmup = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
+    if config.schedule == "constant":
+        after = optax.constant_schedule(config.learning_rate)
+    else:
+        decay_steps = config.decay_steps or max(total_steps - config.warmup_steps, 1)
+        after = optax.cosine_decay_schedule(
+            config.learning_rate, decay_steps, alpha=config.final_lr_fraction
+        )
+    if config.warmup_steps == 0:
+        return after
+    return optax.join_schedules([warmup, after], [config.warmup_steps])
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    """clip_by_global_norm -> AdamW(schedule); weight decay skips 1-D leaves (norm scales)."""
+    adamw = optax.adamw(
+        learning_rate_schedule(config, total_steps),
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        mask=decay_mask,
+    )
+    if config.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
+    return adamw
+
+
+def decay_mask(params):
+    """True for weight matrices (kernels, embeddings); norm scales and biases are not decayed."""
+
+    def leaf(path, x) -> bool:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        return name.endswith("kernel") or name.endswith("embedding")
+
+    return jax.tree_util.tree_map_with_path(leaf, params)

@@ -1,0 +1,166 @@
+"""Device mesh and partition rules: one `jax.sharding.Mesh` with axes (data, fsdp, tensor).
+
+The train step is a single `jax.jit` whose inputs carry `NamedSharding`s built here: the batch is
+split over (data, fsdp), every weight matrix over fsdp on one side and tensor on the other
+(Megatron-style: column-parallel q/k/v/gate/up, row-parallel o/down), norms replicated. GSPMD
+inserts the collectives. A dimension that an axis does not divide stays unsplit on that axis (a
+2-layer test model on 8 devices still runs); `partition_report` lists every such leaf.
+
+Multi-host (TPU pod slices): call `initialize_distributed(MeshConfig(distributed=True))` first in
+every process; `jax.devices()` then spans all hosts and each host feeds its own shard of the batch
+(`host_batch_slice`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape; one of data/fsdp/tensor may be -1 (= all remaining devices)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    distributed: bool = False  # call jax.distributed.initialize() (multi-host TPU slices)
+
+    def shape(self, num_devices: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
+        if sizes.count(-1) > 1:
+            raise ValueError(f"MeshConfig: at most one axis may be -1, got {sizes}")
+        if any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(f"MeshConfig: axis sizes must be positive or -1, got {sizes}")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if num_devices % known:
+                raise ValueError(
+                    f"MeshConfig {sizes}: {num_devices} devices not divisible by {known}"
+                )
+            sizes[sizes.index(-1)] = num_devices // known
+        if math.prod(sizes) != num_devices:
+            raise ValueError(
+                f"MeshConfig {tuple(sizes)} needs {math.prod(sizes)} devices, have {num_devices}"
+            )
+        return tuple(sizes)
+
+
+def initialize_distributed(config: MeshConfig) -> None:
+    """Join the multi-host runtime when configured (TPU VMs find their peers on their own)."""
+    if config.distributed:
+        jax.distributed.initialize()
+
+
+def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all, in jax.devices() order)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = config.shape(len(devices))
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), AXES)
+
+
+# Rules by parameter path (first match wins). Kernels are stacked over layers: [L, in, out].
+_RULES: tuple[tuple[str, P], ...] = (
+    (r"embed/embedding$", P("tensor", "fsdp")),  # [V, D]
+    (r"lm_head/kernel$", P("fsdp", "tensor")),  # [D, V]
+    (r"layers/(q|k|v|gate|up)_proj/kernel$", P(None, "fsdp", "tensor")),  # column-parallel
+    (r"layers/(o|down)_proj/kernel$", P(None, "tensor", "fsdp")),  # row-parallel
+    (r"layers/(q|k|v|gate|up)_proj/bias$", P(None, "tensor")),
+    (r".*", P()),  # norms, o/down biases: replicated
+)
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drop mesh axes that do not divide their dimension (that dimension is then replicated)."""
+    axes = list(spec) + [None] * (len(shape) - len(spec))
+    fitted = []
+    for dim, axis in zip(shape, axes[: len(shape)], strict=True):
+        fitted.append(axis if axis is None or dim % mesh.shape[axis] == 0 else None)
+    while fitted and fitted[-1] is None:  # P(None, None) and P() mean the same: keep one form
+        fitted.pop()
+    return P(*fitted)
+
+
+def param_spec(name: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """PartitionSpec of one parameter from its '/'-joined path and shape."""
+    for pattern, spec in _RULES:
+        if re.search(pattern, name):
+            return _fit(spec, shape, mesh)
+    raise AssertionError("the catch-all rule always matches")
+
+
+def param_shardings(params, mesh: Mesh):
+    """A pytree of NamedSharding matching `params` (arrays or ShapeDtypeStructs)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, param_spec(_path_name(path), tuple(x.shape), mesh)),
+        params,
+    )
+
+
+def partition_report(params, mesh: Mesh) -> list[str]:
+    """Leaves whose rule asked for an axis that did not divide the dimension (kept replicated)."""
+    notes = []
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = _path_name(path)
+        wanted = next(spec for pattern, spec in _RULES if re.search(pattern, name))
+        got = param_spec(name, tuple(x.shape), mesh)
+        if tuple(wanted) != tuple(got)[: len(tuple(wanted))]:
+            notes.append(f"{name} {tuple(x.shape)}: wanted {wanted}, using {got}")
+    return notes
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) axis split over (data, fsdp); the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def batch_divisor(mesh: Mesh) -> int:
+    """Batch rows must be a multiple of this (the product of the batch axes)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_batch(batch, mesh: Mesh):
+    """device_put every array of a host batch pytree with its leading axis over (data, fsdp)."""
+    divisor = batch_divisor(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            return jax.device_put(x, replicated(mesh))
+        if x.shape[0] % divisor:
+            raise ValueError(f"batch axis {x.shape[0]} is not a multiple of data*fsdp={divisor}")
+        return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+    return jax.tree.map(put, batch)
+
+
+def shard_params(params, mesh: Mesh):
+    """Place a params (or optimizer-state-like) pytree on the mesh by the partition rules."""
+    return jax.device_put(params, param_shardings(params, mesh))
+
+
+def host_batch_slice(global_batch_size: int) -> slice:
+    """Rows of the global batch this host feeds (multi-host: contiguous equal shares)."""
+    count = jax.process_count()
+    if global_batch_size % count:
+        raise ValueError(f"global batch {global_batch_size} not divisible by {count} hosts")
+    share = global_batch_size // count
+    return slice(jax.process_index() * share, (jax.process_index() + 1) * share)

@@ -1,0 +1,285 @@
+"""The sharded update: loss on one rollout batch -> optimizer step -> EMA teacher, in one jit.
+
+Everything the host did for the step (sampling, verifying, memory, teacher prompts) arrives as a
+`RolloutBatch` of padded arrays. `make_train_step` returns `jax.jit(step, in_shardings,
+out_shardings)` over a (data, fsdp, tensor) mesh: the modern form of pjit.
+
+Sequences are `[prompt (left-padded) | response (right-padded)]`; the hidden state at position
+`Tp - 1 + g` predicts response token g, so the loss reads the `G` positions starting at `Tp - 1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from pmd_jax import sharding
+from pmd_jax.losses import LossConfig, grpo_loss, self_distillation_loss_from_hidden, token_logprobs
+from pmd_jax.model.config import ModelConfig
+from pmd_jax.model.transformer import Transformer, positions_from_mask
+from pmd_jax.sampling import lm_head_matrix
+
+ALGORITHMS = ("grpo", "sdpo", "pmd")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the jit'd update computes (static)."""
+
+    algorithm: str = "pmd"
+    loss: LossConfig = LossConfig()
+    group_size: int = 8  # J rollouts per prompt (rows are prompt-major)
+    micro_batches: int = 1  # gradient accumulation; each part holds whole groups
+    teacher_tau: float = 0.05  # EMA rate; 0 keeps the base teacher
+    loss_chunk: int = 128  # time chunk of the distillation logits
+    remat: bool = False  # rematerialise each layer in the backward pass
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"StepConfig.algorithm={self.algorithm!r}; expected {ALGORITHMS}")
+        if not 0.0 <= self.teacher_tau <= 1.0:
+            raise ValueError(f"StepConfig.teacher_tau={self.teacher_tau} must be in [0, 1]")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything the update changes. teacher_params is None for GRPO."""
+
+    step: jax.Array  # [] int32, optimizer steps taken (skipped ones included)
+    params: dict
+    opt_state: optax.OptState
+    teacher_params: dict | None
+    skipped_updates: jax.Array  # [] int32, non-finite steps whose update was dropped
+
+
+class RolloutBatch(NamedTuple):
+    """One step's rollouts, N = B * J rows (prompt-major)."""
+
+    prompt_tokens: jax.Array  # [N, Tp] int32, left-padded student prompt of each row
+    prompt_mask: jax.Array  # [N, Tp] bool
+    response_tokens: jax.Array  # [N, G] int32, pad after the end
+    response_mask: jax.Array  # [N, G] bool
+    sampler_logprobs: jax.Array  # [N, G] float32
+    rewards: jax.Array  # [N] float32
+    teacher_tokens: jax.Array  # [N, Tt] int32, left-padded teacher prompt ([N, 1] for GRPO)
+    teacher_mask: jax.Array  # [N, Tt] bool
+    sample_mask: jax.Array  # [N] bool, the teacher has a signal for this sample
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, algorithm: str) -> TrainState:
+    """Fresh state; the teacher starts as a copy of the student (SDPO/PMD)."""
+    teacher = None if algorithm == "grpo" else jax.tree.map(jnp.array, params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        teacher_params=teacher,
+        skipped_updates=jnp.zeros((), jnp.int32),
+    )
+
+
+def response_hidden(
+    params,
+    model_config: ModelConfig,
+    prompt_tokens,
+    prompt_mask,
+    response_tokens,
+    response_mask,
+    remat: bool = False,
+) -> jax.Array:
+    """Final hidden states [N, G, D] at the positions that predict each response token."""
+    tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(bool)
+    hidden, _ = Transformer(model_config, remat=remat).apply(
+        {"params": params}, tokens, positions_from_mask(mask), mask
+    )
+    start = prompt_tokens.shape[1] - 1
+    return lax.dynamic_slice_in_dim(hidden, start, response_tokens.shape[1], axis=1)
+
+
+def batch_loss(
+    params, teacher_params, batch: RolloutBatch, model_config: ModelConfig, config: StepConfig
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Loss of one (micro-)batch and its metrics. On-policy: the old log-probs are the current
+    ones under stop-gradient, so the importance ratio is 1 and only the rollout correction
+    (trainer vs sampler log-probs) weighs tokens."""
+    hidden = response_hidden(
+        params,
+        model_config,
+        batch.prompt_tokens,
+        batch.prompt_mask,
+        batch.response_tokens,
+        batch.response_mask,
+        config.remat,
+    )
+    lm_head = lm_head_matrix(params, model_config)
+    if config.algorithm == "grpo":
+        logprobs = token_logprobs(
+            hidden, lm_head, batch.response_tokens, config.loss.temperature, config.loss_chunk
+        )
+        return grpo_loss(
+            logprobs,
+            lax.stop_gradient(logprobs),
+            batch.sampler_logprobs,
+            batch.rewards,
+            config.group_size,
+            batch.response_mask,
+            config.loss,
+        )
+    teacher_hidden = response_hidden(
+        teacher_params,
+        model_config,
+        batch.teacher_tokens,
+        batch.teacher_mask,
+        batch.response_tokens,
+        batch.response_mask,
+    )
+    return self_distillation_loss_from_hidden(
+        hidden,
+        lax.stop_gradient(teacher_hidden),
+        lm_head,
+        lax.stop_gradient(lm_head_matrix(teacher_params, model_config)),
+        batch.response_tokens,
+        batch.response_mask,
+        batch.sample_mask,
+        None,
+        batch.sampler_logprobs,
+        config.loss,
+        chunk=config.loss_chunk,
+    )
+
+
+def loss_token_count(batch: RolloutBatch, algorithm: str) -> jax.Array:
+    """Tokens the loss averages over (the weight of a micro-batch in the accumulated mean)."""
+    mask = batch.response_mask.astype(bool)
+    if algorithm != "grpo":
+        mask = mask & batch.sample_mask.astype(bool)[:, None]
+    return jnp.sum(mask.astype(jnp.float32))
+
+
+def _split_micro(batch: RolloutBatch, parts: int, group_size: int) -> RolloutBatch:
+    rows = batch.rewards.shape[0]
+    if rows % (parts * group_size):
+        raise ValueError(f"{rows} rows do not split into {parts} micro-batches of whole groups")
+    return jax.tree.map(lambda x: x.reshape(parts, rows // parts, *x.shape[1:]), batch)
+
+
+def accumulated_grads(
+    params, teacher_params, batch: RolloutBatch, model_config: ModelConfig, config: StepConfig
+):
+    """Gradients of the token mean over the whole batch, summed over micro-batches.
+
+    Each micro-batch loss is a token mean over its own tokens, so its gradient is weighted by
+    its share of the batch's tokens: the sum equals the gradient of the full-batch token mean.
+    """
+    grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
+    if config.micro_batches == 1:
+        (loss, metrics), grads = grad_fn(params, teacher_params, batch, model_config, config)
+        return loss, metrics, grads
+    micro = _split_micro(batch, config.micro_batches, config.group_size)
+    total = jnp.maximum(loss_token_count(batch, config.algorithm), 1.0)
+
+    def body(carry, part):
+        loss_sum, metric_sum, grad_sum = carry
+        (loss, metrics), grads = grad_fn(params, teacher_params, part, model_config, config)
+        weight = loss_token_count(part, config.algorithm) / total
+        grad_sum = jax.tree.map(lambda g, x: g + weight * x, grad_sum, grads)
+        metric_sum = jax.tree.map(lambda m, x: m + weight * x, metric_sum, metrics)
+        return (loss_sum + weight * loss, metric_sum, grad_sum), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    metric_shapes = jax.eval_shape(
+        lambda: batch_loss(params, teacher_params, first, model_config, config)[1]
+    )
+    zeros = (
+        jnp.zeros((), jnp.float32),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
+        jax.tree.map(jnp.zeros_like, params),
+    )
+    (loss, metrics, grads), _ = lax.scan(body, zeros, micro)
+    return loss, metrics, grads
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def _ema_leaf(teacher: jax.Array, student: jax.Array, tau: float) -> jax.Array:
+    dtype = jnp.promote_types(jnp.promote_types(teacher.dtype, student.dtype), jnp.float32)
+    weight = jnp.asarray(tau, dtype)
+    mixed = (1 - weight) * teacher.astype(dtype) + weight * student.astype(dtype)
+    return mixed.astype(teacher.dtype)
+
+
+def train_step(
+    state: TrainState,
+    batch: RolloutBatch,
+    *,
+    model_config: ModelConfig,
+    config: StepConfig,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """loss -> grads -> (skip if non-finite) optimizer update -> EMA teacher."""
+    loss, metrics, grads = accumulated_grads(
+        state.params, state.teacher_params, batch, model_config, config
+    )
+    finite = _all_finite(grads) & jnp.isfinite(loss)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    params = keep(new_params, state.params)
+    opt_state = keep(new_opt_state, state.opt_state)
+    teacher = state.teacher_params
+    if teacher is not None and config.teacher_tau > 0:
+        teacher = jax.tree.map(lambda t, s: _ema_leaf(t, s, config.teacher_tau), teacher, params)
+    metrics = dict(metrics)
+    metrics["train/loss"] = loss
+    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/update_skipped"] = (~finite).astype(jnp.float32)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        teacher_params=teacher,
+        skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
+    )
+    return new_state, metrics
+
+
+def state_shardings(state: TrainState, mesh):
+    """NamedShardings for a TrainState (params, teacher and Adam moments by the same rules)."""
+    return sharding.param_shardings(state, mesh)
+
+
+def batch_shardings(batch: RolloutBatch, mesh):
+    return jax.tree.map(lambda x: sharding.batch_sharding(mesh, x.ndim), batch)
+
+
+def make_train_step(
+    model_config: ModelConfig,
+    config: StepConfig,
+    optimizer: optax.GradientTransformation,
+    mesh,
+    state: TrainState,
+    batch: RolloutBatch,
+):
+    """jit(train_step) with explicit in/out shardings for `state`/`batch`-shaped inputs.
+
+    The state is donated: its buffers are reused for the new state."""
+    step = functools.partial(
+        train_step, model_config=model_config, config=config, optimizer=optimizer
+    )
+    state_sh = state_shardings(state, mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, batch_shardings(batch, mesh)),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
