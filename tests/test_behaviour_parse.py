@@ -1,0 +1,134 @@
+"""Behaviour-evolver output parsing: a table of model outputs with the exact expected actions."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pmd_jax.memory.behaviour_parse import Action, normalise_name, parse_behaviour_actions
+
+NEW_A = '{"op": "new", "name": "check_units", "instruction": "Check the units."}'
+REMOVE_B = '{"op": "remove", "name": "guess_first"}'
+
+# (model output, expected actions as (op, name, instruction), ok, dropped)
+CASES = [
+    (  # cold-start list shape: no "op" means new
+        '[{"name": "check_units", "instruction": "Check the units."}, '
+        '{"name": "Avoid Rounding Early", "instruction": "Keep exact values."}]',
+        [
+            ("new", "check_units", "Check the units."),
+            ("new", "avoid_rounding_early", "Keep exact values."),
+        ],
+        True,
+        0,
+    ),
+    (
+        f'{{"actions": [{NEW_A}, {REMOVE_B}]}}',
+        [("new", "check_units", "Check the units."), ("remove", "guess_first", "")],
+        True,
+        0,
+    ),
+    (
+        f'```json\n{{"actions": [{NEW_A}]}}\n```',
+        [("new", "check_units", "Check the units.")],
+        True,
+        0,
+    ),
+    (  # prose around, with a stray brace before the JSON
+        f'Here are my {{changes}}:\n{{"actions": [{REMOVE_B}]}}\nHope this helps!',
+        [("remove", "guess_first", "")],
+        True,
+        0,
+    ),
+    (  # truncated by the token limit: complete items kept
+        f'{{"actions": [{NEW_A}, {REMOVE_B}, {{"op": "new", "name": "draw_a_tab',
+        [("new", "check_units", "Check the units."), ("remove", "guess_first", "")],
+        True,
+        0,
+    ),
+    ('[{"name": "check_units", "instruction": "Check the u', [], False, 0),  # nothing complete
+    (
+        f'{{"actions": [{NEW_A},]}}',
+        [("new", "check_units", "Check the units.")],
+        True,
+        0,
+    ),  # trailing comma
+    ('{"actions": []}', [], True, 0),  # a valid "no change"
+    ('{"verdict": "fine"}', [], False, 0),  # wrong schema
+    ('["check_units", "write_steps"]', [], False, 0),  # a list of strings
+    ("", [], False, 0),
+    ("I think the library is fine as it is.", [], False, 0),
+    (  # bad items dropped: empty name, missing instruction, unknown op, name not a string
+        '{"actions": [{"op": "new", "name": "!!!", "instruction": "x"}, '
+        '{"op": "update", "name": "a"}, {"op": "explode", "name": "b", "instruction": "y"}, '
+        '{"op": "new", "name": 7, "instruction": "z"}, {"op": "remove", "name": "c"}]}',
+        [("remove", "c", "")],
+        True,
+        4,
+    ),
+    (  # op synonyms and "behaviours" key; instruction whitespace collapsed
+        '{"behaviours": [{"op": "Add", "name": "x", "instruction": " Do\\n  it. "}, '
+        '{"op": "edit", "name": "y", "instruction": "Better."}, {"op": "delete", "name": "z"}]}',
+        [("new", "x", "Do it."), ("update", "y", "Better."), ("remove", "z", "")],
+        True,
+        0,
+    ),
+    (
+        '{"name": "solo_item", "instruction": "One item."}',
+        [("new", "solo_item", "One item.")],
+        True,
+        0,
+    ),
+    (  # first container wins when the model repeats itself
+        f'{{"actions": [{NEW_A}]}} or maybe {{"actions": [{REMOVE_B}]}}',
+        [("new", "check_units", "Check the units.")],
+        True,
+        0,
+    ),
+    ("{'name': 'python_dict', 'instruction': 'not JSON'}", [], False, 0),  # never eval'd
+    (  # seen from SmolLM2: no comma between items, so the list fails and the items are kept
+        '[{"name": "a", "instruction": "One."} {"name": "b", "instruction": "Two."}]',
+        [("new", "a", "One."), ("new", "b", "Two.")],
+        True,
+        0,
+    ),
+    (  # seen from SmolLM2: an unescaped quote inside the instruction, nothing complete
+        '[{"name": "steps", "instruction": "Write "one step" per line."}]',
+        [],
+        False,
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected", "ok", "dropped"), CASES)
+def test_parse_table(text, expected, ok, dropped):
+    parsed = parse_behaviour_actions(text)
+    assert parsed.actions == tuple(Action(*item) for item in expected)
+    assert parsed.ok is ok
+    assert parsed.dropped == dropped
+    assert (parsed.error is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ("Check Units-First!", "check_units_first"),
+        ("__already_snake__", "already_snake"),
+        ("CamelCase words", "camelcase_words"),
+        ("ünïcödé", "n_c_d"),
+        ("a" * 70, "a" * 64),
+        ("word_" * 20, ("word_" * 13)[:-1]),  # 64 chars: 13 whole words
+        ("abcdefghij_" * 7, "_".join(["abcdefghij"] * 5)),  # cut before a partial word
+    ],
+)
+def test_normalise_name(raw, name):
+    assert normalise_name(raw) == name
+    assert len(name) <= 64
+
+
+@given(st.text(max_size=300))
+def test_parser_never_raises_and_names_are_snake_case(text):
+    parsed = parse_behaviour_actions(text)
+    assert parsed.ok or not parsed.actions
+    for action in parsed.actions:
+        assert action.name and set(action.name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
