@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXP ?= default
+EXP ?= tiny
 WORKDIR ?= workdir/$(EXP)
 ARGS ?=
 PYTEST_ARGS ?=
@@ -33,3 +33,22 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Training and evaluation: make train EXP=tiny [WORKDIR=...] [ARGS="--set a.b=v ..."]
+.PHONY: train eval export report
+train: $(STAMP)
+	$(BIN)/python -m pmd_jax.train --exp $(EXP) --workdir $(WORKDIR) $(ARGS)
+
+# make eval CKPT=workdir/tiny [ARGS="--task arith --k 4 --temperature 0.6"]
+eval: $(STAMP)
+	@test -n "$(CKPT)" || (echo "usage: make eval CKPT=<run dir or checkpoint dir> [ARGS=...]"; exit 2)
+	$(BIN)/python -m pmd_jax.evaluate --checkpoint $(CKPT) $(ARGS)
+
+# make export CKPT=workdir/tiny OUT=/tmp/tiny_hf
+export: $(STAMP)
+	@test -n "$(CKPT)" -a -n "$(OUT)" || (echo "usage: make export CKPT=<run dir> OUT=<dir>"; exit 2)
+	$(BIN)/python -m pmd_jax.trained export --checkpoint $(CKPT) --out $(OUT)
+
+# make report WORKDIR=workdir/tiny -> $(WORKDIR)/report.html
+report: $(STAMP)
+	$(BIN)/python -m pmd_jax.memory.report $(WORKDIR) --out $(WORKDIR)/report.html

@@ -184,6 +184,12 @@ def format_summary(summary: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="name, HF dir or .gguf")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a training run (workdir, checkpoints or step dir): evaluate its student policy",
+    )
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--task", default="arith", choices=("arith", "gsm8k"))
     parser.add_argument("--split", default="test", choices=("train", "test"))
     parser.add_argument("--subset", type=int, default=None, help="first n problems by id")
@@ -209,7 +215,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from pmd_jax.model.registry import load
 
     started = time.time()
-    model = load(args.model)
+    if args.checkpoint:
+        from pmd_jax.trained import load_trained
+
+        model = load_trained(args.checkpoint, args.step)
+    else:
+        model = load(args.model)
     problems = load_problems(
         args.task, args.split, args.subset, data_dir=args.data_dir, gsm8k_dir=args.gsm8k_dir
     )
@@ -227,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model.params, model.config, model.tokenizer, problems, config, jsonl_path=args.out
     )
     summary.update(
-        model=args.model,
+        model=args.checkpoint or args.model,
         task=args.task,
         split=args.split,
         config=dataclasses.asdict(config),

@@ -1,5 +1,20 @@
-"""Procedural memory: state pytree and jit'd operations (reflection and behaviours come later)."""
+"""Procedural memory (METHOD sections 3-5): the state pytree and its jit'd operations, reflection
+(insights), behaviour-bank evolution, the teacher context, and the JSON export. The HTML report is
+`python -m pmd_jax.memory.report` (not imported here: it pulls in matplotlib)."""
 
+from pmd_jax.memory.behaviours import (
+    BehaviourConfig,
+    EvolveOutput,
+    evolve_behaviours,
+    should_evolve,
+)
+from pmd_jax.memory.export import (
+    load_memory_json,
+    memory_from_json,
+    memory_to_json,
+    save_memory_json,
+)
+from pmd_jax.memory.kmeans import kmeans
 from pmd_jax.memory.ops import (
     apply_behaviour_actions,
     insert_experience,
@@ -7,6 +22,13 @@ from pmd_jax.memory.ops import (
     insert_insight,
     insert_insights,
     retrieve_behaviours,
+)
+from pmd_jax.memory.reflect import (
+    ReflectConfig,
+    build_reflection_requests,
+    insights_to_memory,
+    parse_reflection,
+    reflect,
 )
 from pmd_jax.memory.state import (
     INSERTED,
@@ -40,8 +62,36 @@ from pmd_jax.memory.state import (
     read_problem,
     set_frozen,
 )
+from pmd_jax.memory.teacher import (
+    MemoryView,
+    TeacherBatch,
+    TeacherConfig,
+    build_teacher_prompts,
+    memory_views,
+    teacher_stats,
+)
 
 __all__ = [
+    "BehaviourConfig",
+    "EvolveOutput",
+    "MemoryView",
+    "ReflectConfig",
+    "TeacherBatch",
+    "TeacherConfig",
+    "build_reflection_requests",
+    "build_teacher_prompts",
+    "evolve_behaviours",
+    "insights_to_memory",
+    "kmeans",
+    "load_memory_json",
+    "memory_from_json",
+    "memory_to_json",
+    "memory_views",
+    "parse_reflection",
+    "reflect",
+    "save_memory_json",
+    "should_evolve",
+    "teacher_stats",
     "INSERTED",
     "INSERTED_EVICTING",
     "LESSON",

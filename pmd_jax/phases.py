@@ -1,0 +1,323 @@
+"""The host side of one training step, phase by phase: sample -> verify -> remember -> reflect ->
+evolve -> teach. Each phase is a function of arrays and texts; the jit'd work happens inside
+(sampler, embeddings, memory ops), the glue (decoding, verifying, prompt text) on the host.
+
+Rows are prompt-major throughout: row b * J + j is rollout j of problem b of the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from pmd_jax.data.prompts import PromptConfig, format_prompts, system_prompt
+from pmd_jax.embeddings import embed_texts, embed_tokens
+from pmd_jax.memory import ops
+from pmd_jax.memory.behaviours import BehaviourConfig, evolve_behaviours, should_evolve
+from pmd_jax.memory.reflect import (
+    ReflectConfig,
+    build_reflection_requests,
+    experience_attempts,
+    insights_to_memory,
+    reflect,
+)
+from pmd_jax.memory.state import (
+    INSERTED,
+    INSERTED_EVICTING,
+    MemoryConfig,
+    MemoryState,
+    pad_ids,
+    read_problem,
+)
+from pmd_jax.memory.teacher import (
+    MemoryView,
+    TeacherBatch,
+    TeacherConfig,
+    build_teacher_prompts,
+    memory_views,
+)
+from pmd_jax.model.config import ModelConfig
+from pmd_jax.sampling import SampleConfig, left_pad, response_token_lists, sample
+from pmd_jax.verify import VerifierConfig, verify_batch
+
+EmbedFn = Callable[[list[str]], jax.Array]
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """One step's prompts and sampled, verified responses. B problems, N = B * J rows."""
+
+    problem_ids: np.ndarray  # [B] int32, row of the problem in the train split (= memory id)
+    questions: list[str]  # [B]
+    answers: list[str]  # [B]
+    prompt_tokens: np.ndarray  # [B, Tp] int32, left-padded
+    prompt_mask: np.ndarray  # [B, Tp] bool
+    tokens: np.ndarray  # [N, G] int32, pad after the end
+    logprobs: np.ndarray  # [N, G] float32 sampler log-probs (0 after the end)
+    lengths: np.ndarray  # [N] int32
+    texts: list[str]  # [N] decoded responses
+    rewards: np.ndarray | None = None  # [N] float32, after `verify_rollouts`
+    feedback: list[str] | None = None  # [N]
+
+    @property
+    def group_size(self) -> int:
+        return len(self.texts) // len(self.questions)
+
+    @property
+    def response_mask(self) -> np.ndarray:
+        return np.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
+
+
+def sample_rollouts(
+    params,
+    model_config: ModelConfig,
+    tokenizer,
+    batch: dict,
+    prompt_config: PromptConfig,
+    sample_config: SampleConfig,
+    rng: jax.Array,
+    *,
+    stop_table: np.ndarray | None = None,
+    width: int | None = None,
+) -> Rollouts:
+    """Format the batch's questions as chat prompts (left-padded to `width`, default: bucketed
+    longest) and sample J responses each."""
+    questions = [str(q) for q in batch["question"]]
+    prompts = format_prompts(tokenizer, questions, prompt_config)
+    prompt_tokens, prompt_mask = left_pad([p.ids for p in prompts], tokenizer.pad_id, width)
+    output = sample(
+        params, model_config, prompt_tokens, prompt_mask, rng, sample_config, stop_table
+    )
+    ids = response_token_lists(output)
+    return Rollouts(
+        problem_ids=np.asarray(batch["id"], np.int32),
+        questions=questions,
+        answers=[str(a) for a in batch["answer"]],
+        prompt_tokens=prompt_tokens,
+        prompt_mask=prompt_mask,
+        tokens=np.asarray(output.tokens),
+        logprobs=np.asarray(output.logprobs, np.float32),
+        lengths=np.asarray(output.lengths, np.int32),
+        texts=[tokenizer.decode(row) for row in ids],
+    )
+
+
+def verify_rollouts(rollouts: Rollouts, config: VerifierConfig) -> Rollouts:
+    """Fill rewards [N] and feedback [N] (each problem's answer repeated over its group)."""
+    golds = [answer for answer in rollouts.answers for _ in range(rollouts.group_size)]
+    rewards, feedback = verify_batch(rollouts.texts, golds, config)
+    return dataclasses.replace(
+        rollouts, rewards=np.asarray(rewards, np.float32), feedback=list(feedback)
+    )
+
+
+def remember(
+    memory: MemoryState,
+    memory_config: MemoryConfig,
+    encoder_params,
+    model_config: ModelConfig,
+    tokenizer,
+    rollouts: Rollouts,
+    step: int,
+) -> tuple[MemoryState, dict[str, float], np.ndarray]:
+    """Insert every rollout into its problem's experience (novelty-gated).
+
+    Returns (memory, stats, changed [B] bool: the problem's experience took a new item)."""
+    embeddings = embed_tokens(encoder_params, model_config, rollouts.tokens, rollouts.response_mask)
+    feedback, feedback_lens = pad_ids(
+        [tokenizer.encode(text or "", allow_special=False) for text in rollouts.feedback],
+        memory_config.feedback_len,
+        memory_config.pad_id,
+    )
+    width = memory_config.response_len
+    tokens = rollouts.tokens[:, :width]
+    if tokens.shape[1] < width:
+        tokens = np.pad(
+            tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=memory_config.pad_id
+        )
+    problem_rows = np.repeat(rollouts.problem_ids, rollouts.group_size)
+    memory, outcome = ops.insert_experience_batch(
+        memory,
+        memory_config,
+        problem_rows,
+        tokens,
+        np.minimum(rollouts.lengths, width),
+        rollouts.rewards,
+        feedback,
+        feedback_lens,
+        embeddings,
+        step,
+    )
+    inserted = np.isin(np.asarray(outcome.status), (INSERTED, INSERTED_EVICTING))
+    changed = inserted.reshape(-1, rollouts.group_size).any(axis=1)
+    stats = {"memory/experience_inserted": float(inserted.sum())}
+    return memory, stats, changed
+
+
+def reflect_on_groups(
+    memory: MemoryState,
+    memory_config: MemoryConfig,
+    reflector_params,
+    model_config: ModelConfig,
+    tokenizer,
+    rollouts: Rollouts,
+    changed: np.ndarray,
+    config: ReflectConfig,
+    embed_fn: EmbedFn,
+    rng: jax.Array,
+    step: int,
+) -> tuple[MemoryState, dict[str, float], list[str]]:
+    """Reflect on the problems whose experience changed; insert the kept insights."""
+    chosen = np.flatnonzero(changed)
+    if chosen.size == 0:
+        return memory, {"reflect/requests": 0.0}, []
+    j = rollouts.group_size
+    experience, _ = read_problem(memory, rollouts.problem_ids[chosen])
+    groups = [
+        [
+            (
+                rollouts.texts[b * j + k],
+                float(rollouts.rewards[b * j + k]),
+                rollouts.feedback[b * j + k],
+            )
+            for k in range(j)
+        ]
+        for b in chosen
+    ]
+    stored = [experience_attempts(experience, row, tokenizer) for row in range(len(chosen))]
+    requests = build_reflection_requests(
+        tokenizer,
+        [rollouts.questions[b] for b in chosen],
+        groups,
+        config,
+        stored=stored,
+        success_reward=memory_config.success_reward,
+    )
+    result = reflect(reflector_params, model_config, tokenizer, requests, config, rng)
+    memory, insert_stats = insights_to_memory(
+        memory,
+        memory_config,
+        tokenizer,
+        [int(rollouts.problem_ids[b]) for b in chosen],
+        result.items_per_request,
+        embed_fn,
+        step,
+    )
+    stats = {key: float(value) for key, value in {**result.stats, **insert_stats}.items()}
+    return memory, stats, result.raw_texts
+
+
+def maybe_evolve(
+    memory: MemoryState,
+    memory_config: MemoryConfig,
+    evolver_params,
+    model_config: ModelConfig,
+    tokenizer,
+    all_questions: Sequence[str],
+    question_embeddings: jax.Array,
+    rollouts: Rollouts,
+    config: BehaviourConfig,
+    embed_fn: EmbedFn,
+    rng: jax.Array,
+    step: int,
+    centroids: jax.Array | None,
+) -> tuple[MemoryState, dict[str, float], jax.Array | None]:
+    """Behaviour-bank evolution on its cadence (no-op on other steps). `centroids` [K, D] of the
+    previous round seed k-means, which keeps cluster ids stable; the new ones are returned."""
+    if not should_evolve(step, config):
+        return memory, {}, centroids
+    output = evolve_behaviours(
+        evolver_params,
+        model_config,
+        tokenizer,
+        memory,
+        memory_config,
+        all_questions,
+        question_embeddings,
+        rollouts.problem_ids,
+        step,
+        config,
+        rng,
+        embed_fn,
+        centroids,
+    )
+    stats = {key: float(value) for key, value in output.stats.items()}
+    return output.state, stats, output.centroids
+
+
+def granular_views(views: list[MemoryView], insights: bool, behaviours: bool) -> list[MemoryView]:
+    """Hide the levels a granularity ablation leaves out."""
+    return [
+        dataclasses.replace(
+            view,
+            strategies=view.strategies if insights else (),
+            lessons=view.lessons if insights else (),
+            behaviours=view.behaviours if behaviours else (),
+        )
+        for view in views
+    ]
+
+
+def teacher_prompts(
+    tokenizer,
+    rollouts: Rollouts,
+    config: TeacherConfig,
+    prompt_config: PromptConfig,
+    *,
+    memory: MemoryState | None = None,
+    memory_config: MemoryConfig | None = None,
+    question_embeddings: jax.Array | None = None,
+    insights: bool = True,
+    behaviours: bool = True,
+) -> TeacherBatch:
+    """Teacher prompt ids per rollout: SDPO without memory, PMD with the problem's views."""
+    views = None
+    if memory is not None:
+        indices = None
+        if behaviours and config.num_behaviours > 0:
+            queries = np.asarray(question_embeddings)[rollouts.problem_ids]
+            indices, _, _ = ops.retrieve_behaviours(memory, queries, config.num_behaviours)
+            indices = np.asarray(indices)
+        views = memory_views(memory, memory_config, tokenizer, rollouts.problem_ids, indices)
+        views = granular_views(views, insights, behaviours)
+    return build_teacher_prompts(
+        tokenizer,
+        rollouts.questions,
+        rollouts.texts,
+        rollouts.rewards,
+        rollouts.feedback,
+        views,
+        config,
+        system_prompt(prompt_config),
+        group_size=rollouts.group_size,
+    )
+
+
+def make_embed_fn(encoder_params, model_config: ModelConfig, tokenizer, max_tokens: int) -> EmbedFn:
+    """Texts -> unit embeddings [N, D] with the fixed memory encoder."""
+
+    def embed(texts: list[str]) -> jax.Array:
+        return embed_texts(
+            encoder_params,
+            model_config,
+            tokenizer,
+            list(texts),
+            batch_size=16,
+            max_tokens=max_tokens,
+        )
+
+    return embed
+
+
+def tokens_with_width(tokens: np.ndarray, mask: np.ndarray, width: int, pad_id: int):
+    """Left-pad [N, T] ids/mask to exactly `width` columns (train-step shapes stay few)."""
+    extra = width - tokens.shape[1]
+    if extra < 0:
+        raise ValueError(f"prompt width {tokens.shape[1]} exceeds {width}")
+    return (
+        np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id),
+        np.pad(mask, ((0, 0), (extra, 0)), constant_values=False),
+    )

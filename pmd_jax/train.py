@@ -1,0 +1,558 @@
+"""The training loop and its CLI.
+
+    python -m pmd_jax.train --exp tiny --workdir /tmp/tiny [--set algorithm=sdpo --set total_steps=4]
+
+One step (METHOD section 2): sample J rollouts per prompt -> verify -> update experience ->
+reflect (insights) -> maybe evolve behaviours -> build teacher contexts -> jit'd sharded update
+(teacher log-probs, loss, AdamW, EMA teacher). GRPO skips the memory and teacher phases, SDPO
+the memory phases.
+
+The run directory holds `config.json`, `metrics.jsonl` (one JSON object per step),
+TensorBoard events under `tb/`, orbax checkpoints under `checkpoints/`, a decoded memory
+snapshot `memory/memory_step_<N>.json` per checkpoint and eval JSONL under `eval/`. Starting
+again on the same directory resumes from the newest complete checkpoint: params, optimizer,
+teacher, memory, data position and step; the RNG of a step is derived from (seed, step), so a
+resumed run continues exactly as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from pmd_jax import checkpoint, phases, sharding
+from pmd_jax.config import TrainConfig, apply_overrides, load_experiment, to_dict
+from pmd_jax.data import pipeline
+from pmd_jax.data.prompts import format_prompts
+from pmd_jax.evaluate import EvalConfig, evaluate
+from pmd_jax.memory.export import (
+    load_memory_json,
+    memory_from_json,
+    memory_to_json,
+    save_memory_json,
+)
+from pmd_jax.memory.state import clear, init_memory, memory_sizes, set_frozen
+from pmd_jax.memory.teacher import teacher_stats
+from pmd_jax.model import registry
+from pmd_jax.model.scratch import scratch_model
+from pmd_jax.optimizer import make_optimizer
+from pmd_jax.sampling import SampleConfig, answer_line_stop_table, bucket_length
+from pmd_jax.train_step import RolloutBatch, StepConfig, init_train_state, make_train_step
+
+CRASH_ENV = "PMD_CRASH_AFTER_STEP"  # tests: exit hard (no cleanup) after this step
+
+
+@dataclasses.dataclass
+class Run:
+    """What a run sets up once: model, data, memory, mesh, compiled step."""
+
+    config: TrainConfig
+    workdir: pathlib.Path
+    model_config: Any
+    tokenizer: Any
+    problems: list[dict]  # the train split, index = problem id
+    eval_problems: list[dict]
+    encoder_params: Any  # fixed memory encoder (the initial policy)
+    question_embeddings: Any  # [P, D]
+    mesh: Any
+    optimizer: Any
+    step_config: StepConfig
+    sample_config: SampleConfig
+    stop_table: np.ndarray | None
+    memory_config: Any
+    prompt_width: int  # every student prompt is left-padded to this (one train-step shape)
+    teacher_width: int  # every teacher prompt likewise
+
+
+def _load_model(config: TrainConfig, problems: list[dict], workdir: pathlib.Path):
+    spec = config.model
+    if spec.name == "scratch":
+        loaded = scratch_model(spec, problems, workdir / "tokenizer", config.seed)
+    else:
+        loaded = registry.load(spec.name, param_dtype=spec.param_dtype, dtype=spec.dtype)
+    return loaded
+
+
+def _records(dataset) -> list[dict]:
+    return [dict(dataset[i]) for i in range(len(dataset))]
+
+
+def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
+    """Build everything; returns (run, params, memory) before any resume."""
+    sharding.initialize_distributed(config.mesh)
+    mesh = sharding.make_mesh(config.mesh)
+    problems = _records(pipeline.load_split(config.data, "train"))
+    eval_data = dataclasses.replace(config.data, subset=config.eval.num_problems)
+    eval_problems = _records(pipeline.load_split(eval_data, config.eval.split))
+    loaded = _load_model(config, problems, workdir)
+    if config.model.warm_start_steps > 0:
+        from pmd_jax.warm_start import warm_start
+
+        params = warm_start(loaded, problems, config, workdir)
+    else:
+        params = loaded.params
+    model_config, tokenizer = loaded.config, loaded.tokenizer
+    memory_config = dataclasses.replace(
+        config.memory,
+        num_problems=len(problems),
+        embed_dim=model_config.hidden_size,
+        pad_id=tokenizer.pad_id,
+    )
+    encoder_params = jax.tree.map(jnp.copy, params)  # the update donates the policy's buffers
+    question_embeddings = phases.make_embed_fn(
+        encoder_params, model_config, tokenizer, memory_config.response_len
+    )([p["question"] for p in problems])
+    rollout = config.rollout
+    sample_config = SampleConfig(
+        max_new_tokens=rollout.max_new_tokens,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        num_samples=rollout.num_samples,
+        stop_ids=tuple(tokenizer.stop_ids),
+        pad_id=tokenizer.pad_id,
+    )
+    stop_table = None
+    if rollout.stop_at_answer and config.prompt.answer_format == "hash":
+        stop_table = answer_line_stop_table(tokenizer)
+    optimizer = make_optimizer(config.optimizer, config.total_steps)
+    step_config = StepConfig(
+        algorithm=config.algorithm,
+        loss=config.loss,
+        group_size=rollout.num_samples,
+        micro_batches=config.optimizer.micro_batches,
+        teacher_tau=config.teacher_tau,
+        remat=config.model.remat,
+    )
+    memory = None
+    if config.uses_memory:
+        if config.ablation == "frozen_memory":
+            data = load_memory_json(config.frozen_memory_path)
+            memory = set_frozen(memory_from_json(data, memory_config, tokenizer), True)
+        else:
+            memory = init_memory(memory_config)
+    prompt_width = bucket_length(
+        max(
+            len(p.ids)
+            for p in format_prompts(tokenizer, [p["question"] for p in problems], config.prompt)
+        ),
+        config.rollout.prompt_bucket,
+    )
+    teacher_width = bucket_length(config.teacher.max_prompt_tokens, config.teacher.bucket)
+    run = Run(
+        config=config,
+        workdir=workdir,
+        model_config=model_config,
+        tokenizer=tokenizer,
+        problems=problems,
+        eval_problems=eval_problems,
+        encoder_params=encoder_params,
+        question_embeddings=question_embeddings,
+        mesh=mesh,
+        optimizer=optimizer,
+        step_config=step_config,
+        sample_config=sample_config,
+        stop_table=stop_table,
+        memory_config=memory_config,
+        prompt_width=prompt_width,
+        teacher_width=teacher_width,
+    )
+    return run, params, memory
+
+
+def _batch_arrays(run: Run, rollouts: phases.Rollouts, teacher) -> RolloutBatch:
+    """The host phases' outputs as the train step's padded arrays."""
+    j = rollouts.group_size
+    rows = np.repeat(np.arange(len(rollouts.questions)), j)
+    n = len(rollouts.texts)
+    if teacher is None:
+        teacher_tokens = np.zeros((n, 1), np.int32)
+        teacher_mask = np.ones((n, 1), bool)
+        sample_mask = np.ones((n,), bool)
+    else:
+        teacher_tokens, teacher_mask = phases.tokens_with_width(
+            teacher.prompt_tokens, teacher.prompt_mask, run.teacher_width, run.tokenizer.pad_id
+        )
+        sample_mask = teacher.has_signal
+    return RolloutBatch(
+        prompt_tokens=rollouts.prompt_tokens[rows],
+        prompt_mask=rollouts.prompt_mask[rows],
+        response_tokens=rollouts.tokens.astype(np.int32),
+        response_mask=rollouts.response_mask,
+        sampler_logprobs=rollouts.logprobs,
+        rewards=rollouts.rewards,
+        teacher_tokens=np.asarray(teacher_tokens, np.int32),
+        teacher_mask=np.asarray(teacher_mask, bool),
+        sample_mask=np.asarray(sample_mask, bool),
+    )
+
+
+class MetricsWriter:
+    """metrics.jsonl (+ TensorBoard). On resume, lines after the restored step are dropped."""
+
+    def __init__(self, workdir: pathlib.Path, resume_step: int, tensorboard: bool):
+        self.path = workdir / "metrics.jsonl"
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        self.tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / "tb"))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: float(v) for k, v in sorted(metrics.items())}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in metrics.items():
+                self.tb.add_scalar(key, float(value), step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
+    schedule = run.config.eval
+    eval_config = EvalConfig(
+        num_samples=schedule.num_samples,
+        temperature=schedule.temperature,
+        top_p=schedule.top_p,
+        max_new_tokens=schedule.max_new_tokens,
+        batch_size=schedule.batch_size,
+        answer_format=run.config.prompt.answer_format,
+        seed=run.config.seed + step,
+        stop_at_answer=run.config.rollout.stop_at_answer,
+    )
+    summary = evaluate(
+        params,
+        run.model_config,
+        run.tokenizer,
+        run.eval_problems,
+        eval_config,
+        jsonl_path=run.workdir / "eval" / f"step_{step}.jsonl",
+        progress=False,
+    )
+    metrics = {"eval/avg_at_k": summary["avg_at_k"], "eval/pass_at_k": summary["pass_at_k"]}
+    if memory is not None and schedule.with_memory:
+        with_memory = evaluate(
+            params,
+            run.model_config,
+            run.tokenizer,
+            _with_behaviours(run, memory),
+            eval_config,
+            jsonl_path=run.workdir / "eval" / f"step_{step}_memory.jsonl",
+            progress=False,
+        )
+        metrics["eval/memory_avg_at_k"] = with_memory["avg_at_k"]
+        metrics["eval/memory_pass_at_k"] = with_memory["pass_at_k"]
+    return metrics
+
+
+def _with_behaviours(run: Run, memory) -> list[dict]:
+    """Eval problems whose question carries the retrieved behaviours (memory as a prompt)."""
+    from pmd_jax.memory import ops
+    from pmd_jax.memory.teacher import memory_views
+
+    embed = phases.make_embed_fn(
+        run.encoder_params, run.model_config, run.tokenizer, run.memory_config.response_len
+    )
+    queries = embed([p["question"] for p in run.eval_problems])
+    k = run.config.teacher.num_behaviours
+    indices = np.asarray(ops.retrieve_behaviours(memory, queries, k)[0])
+    views = memory_views(
+        memory, run.memory_config, run.tokenizer, np.full(len(indices), -1), indices
+    )
+    problems = []
+    for problem, view in zip(run.eval_problems, views, strict=True):
+        listed = "\n".join(f"{i}. {n}: {t}" for i, (n, t) in enumerate(view.behaviours, 1))
+        hint = f"\n\nUseful behaviours:\n{listed}" if listed else ""
+        problems.append({**problem, "question": problem["question"] + hint})
+    return problems
+
+
+def _train_item(state) -> dict:
+    """The checkpoint's `train` item: everything of the TrainState but the student params."""
+    return {
+        "step": state.step,
+        "opt_state": state.opt_state,
+        "teacher_params": state.teacher_params,
+        "skipped_updates": state.skipped_updates,
+    }
+
+
+def _save(run: Run, manager, step: int, state, memory, iterator, centroids, metrics) -> None:
+    train = _train_item(state)
+    meta = {
+        "step": step,
+        "data": pipeline.get_state(iterator),
+        "centroids": None if centroids is None else np.asarray(centroids).tolist(),
+        "config": to_dict(run.config),
+    }
+    eval_metrics = {k: v for k, v in metrics.items() if k.startswith("eval/")} or None
+    checkpoint.save(
+        manager,
+        step,
+        params=state.params,
+        train=train,
+        memory=memory,
+        meta=meta,
+        metrics=eval_metrics,
+    )
+    if memory is not None:
+        snapshot = memory_to_json(
+            memory,
+            run.memory_config,
+            run.tokenizer,
+            step=step,
+            problem_texts={p: run.problems[p]["question"] for p in range(len(run.problems))},
+        )
+        save_memory_json(run.workdir / "memory" / f"memory_step_{step}.json", snapshot)
+
+
+def _restore(run: Run, manager, state, memory, iterator):
+    """Load the newest complete checkpoint into (state, memory, iterator) -> (..., step, centroids)."""
+    train = _train_item(state)
+    params, train, memory, meta = checkpoint.restore(
+        manager, None, params=state.params, train=train, memory=memory
+    )
+    state = state.replace(params=params, **train)
+    pipeline.set_state(iterator, meta["data"])
+    centroids = meta.get("centroids")
+    centroids = None if centroids is None else jnp.asarray(centroids, jnp.float32)
+    return state, memory, int(meta["step"]), centroids
+
+
+def _memory_metrics(memory, memory_config) -> dict[str, float]:
+    """Sizes per level ("memory/experience", "memory/insight", "memory/behaviour") and details."""
+    sizes = {k: float(v) for k, v in memory_sizes(memory, memory_config).items()}
+    metrics = {f"memory/{k}": v for k, v in sizes.items()}
+    metrics["memory/experience"] = sizes["experience_successes"] + sizes["experience_failures"]
+    metrics["memory/insight"] = sizes["insight_strategies"] + sizes["insight_lessons"]
+    metrics["memory/behaviour"] = sizes["behaviours"]
+    return metrics
+
+
+def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
+    """The host phases and the update of one step -> (state, memory, metrics, centroids)."""
+    config = run.config
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+    sample_rng, reflect_rng, evolve_rng = jax.random.split(rng, 3)
+    times: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+
+    start = time.perf_counter()
+    rollouts = phases.sample_rollouts(
+        state.params,
+        run.model_config,
+        run.tokenizer,
+        batch,
+        config.prompt,
+        run.sample_config,
+        sample_rng,
+        stop_table=run.stop_table,
+        width=run.prompt_width,
+    )
+    times["time/sample"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rollouts = phases.verify_rollouts(rollouts, config.verifier)
+    times["time/verify"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if memory is not None:
+        if config.ablation == "pmd_transient":
+            memory = clear(memory, run.memory_config, keep_behaviours=False)
+        reflector = run.encoder_params if config.base_teacher_reflector else state.params
+        embed_fn = phases.make_embed_fn(
+            run.encoder_params, run.model_config, run.tokenizer, run.memory_config.response_len
+        )
+        updating = config.ablation != "frozen_memory"
+        if updating and config.level_enabled("exp"):
+            memory, stats, changed = phases.remember(
+                memory,
+                run.memory_config,
+                run.encoder_params,
+                run.model_config,
+                run.tokenizer,
+                rollouts,
+                step,
+            )
+            metrics.update(stats)
+            if config.level_enabled("ins"):
+                memory, stats, _ = phases.reflect_on_groups(
+                    memory,
+                    run.memory_config,
+                    reflector,
+                    run.model_config,
+                    run.tokenizer,
+                    rollouts,
+                    changed,
+                    config.reflect,
+                    embed_fn,
+                    reflect_rng,
+                    step,
+                )
+                metrics.update(stats)
+        if updating and config.level_enabled("beh"):
+            memory, stats, centroids = phases.maybe_evolve(
+                memory,
+                run.memory_config,
+                reflector,
+                run.model_config,
+                run.tokenizer,
+                [p["question"] for p in run.problems],
+                run.question_embeddings,
+                rollouts,
+                config.behaviours,
+                embed_fn,
+                evolve_rng,
+                step,
+                centroids,
+            )
+            metrics.update(stats)
+        metrics.update(_memory_metrics(memory, run.memory_config))
+    times["time/memory"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    teacher = None
+    if config.algorithm == "sdpo":
+        sdpo = dataclasses.replace(config.teacher, mode="sdpo")
+        teacher = phases.teacher_prompts(run.tokenizer, rollouts, sdpo, config.prompt)
+    elif config.algorithm == "pmd":
+        teacher = phases.teacher_prompts(
+            run.tokenizer,
+            rollouts,
+            config.teacher,
+            config.prompt,
+            memory=memory,
+            memory_config=run.memory_config,
+            question_embeddings=run.question_embeddings,
+            insights=config.level_enabled("ins"),
+            behaviours=config.level_enabled("beh"),
+        )
+    if teacher is not None:
+        metrics.update(teacher_stats(teacher))
+    times["time/teacher"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if config.ablation != "frozen_policy":
+        arrays = _batch_arrays(run, rollouts, teacher)
+        state, step_metrics = compiled(state, sharding.shard_batch(arrays, run.mesh))
+        metrics.update({k: float(v) for k, v in jax.device_get(step_metrics).items()})
+    times["time/update"] = time.perf_counter() - start
+
+    metrics["reward/mean"] = float(np.mean(rollouts.rewards))
+    metrics["reward/accuracy"] = float(np.mean(rollouts.rewards > 0.5))
+    metrics["response/length_mean"] = float(np.mean(rollouts.lengths))
+    metrics.update(times)
+    metrics["time/step"] = sum(times.values())
+    return state, memory, metrics, centroids
+
+
+def train(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, float]:
+    """Run (or resume) `config` in `workdir`; returns the last step's metrics."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    run, params, memory = setup(config, workdir)
+    state = init_train_state(params, run.optimizer, config.algorithm)
+    state = jax.device_put(state, sharding.param_shardings(state, run.mesh))
+    iterator = pipeline.make_iterator(config.data, "train")
+    manager = checkpoint.manager(workdir / "checkpoints", config.checkpoint)
+    start_step, centroids = 0, None
+    if manager.latest_step() is not None:
+        state, memory, start_step, centroids = _restore(run, manager, state, memory, iterator)
+    writer = MetricsWriter(workdir, start_step, config.tensorboard)
+    compiled = None
+    crash_after = int(os.environ.get(CRASH_ENV, "0"))
+    bar = tqdm(
+        total=config.total_steps,
+        initial=start_step,
+        desc=config.name,
+        unit="step",
+        disable=not config.progress,
+        file=sys.stdout,
+    )
+    metrics: dict[str, float] = {}
+    try:
+        for step in range(start_step + 1, config.total_steps + 1):
+            batch = next(iterator)
+            if compiled is None and config.ablation != "frozen_policy":
+                compiled = _compile(run, state)
+            state, memory, metrics, centroids = _one_step(
+                run, step, state, memory, batch, compiled, centroids
+            )
+            evaluate_now = (config.eval.every_steps and step % config.eval.every_steps == 0) or (
+                config.eval.final and step == config.total_steps
+            )
+            if evaluate_now:
+                metrics.update(_eval(run, state.params, step, memory))
+            writer.write(step, metrics)
+            every = config.checkpoint.every_steps
+            if (every and step % every == 0) or step == config.total_steps:
+                _save(run, manager, step, state, memory, iterator, centroids, metrics)
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('train/loss', 0):.4f}"
+            )
+            if crash_after and step == crash_after:
+                os._exit(17)  # simulate a killed job: no cleanup, pending saves may be lost
+    finally:
+        bar.close()
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+    return metrics
+
+
+def _compile(run: Run, state):
+    """jit the update with shardings; shapes come at the first call (one compile per shape)."""
+    n = run.config.data.batch_size * run.config.rollout.num_samples
+    example = RolloutBatch(*(np.zeros((n, 1)) for _ in range(9)))
+    example = example._replace(rewards=np.zeros((n,)), sample_mask=np.zeros((n,)))
+    return make_train_step(
+        run.model_config, run.step_config, run.optimizer, run.mesh, state, example
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--exp", required=True, help="experiments/NAME.py or a path to a .py file")
+    parser.add_argument("--workdir", required=True, help="run directory (resumes if it has one)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    config = apply_overrides(load_experiment(args.exp), args.set)
+    return train(config, args.workdir)
+
+
+if __name__ == "__main__":
+    main()
