@@ -100,7 +100,7 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     if config.model.warm_start_steps > 0:
         from pmd_jax.warm_start import warm_start
 
-        params = warm_start(loaded, problems, config, workdir)
+        params = warm_start(loaded, problems, config)
     else:
         params = loaded.params
     model_config, tokenizer = loaded.config, loaded.tokenizer
@@ -139,7 +139,11 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     if config.uses_memory:
         if config.ablation == "frozen_memory":
             data = load_memory_json(config.frozen_memory_path)
-            memory = set_frozen(memory_from_json(data, memory_config, tokenizer), True)
+            embed_fn = phases.make_embed_fn(
+                encoder_params, model_config, tokenizer, memory_config.response_len
+            )
+            memory = memory_from_json(data, memory_config, tokenizer, embed_fn=embed_fn)
+            memory = set_frozen(memory, True)
         else:
             memory = init_memory(memory_config)
     prompt_width = bucket_length(

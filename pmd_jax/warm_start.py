@@ -189,23 +189,20 @@ def demonstrations(problems: Sequence[dict], config, tokenizer, rng: np.random.G
     return examples
 
 
-def _cache_path(config, tokenizer_bytes: bytes) -> pathlib.Path:
+def _vocabulary(tokenizer) -> list[str]:
+    """The tokenizer's pieces by id (its model file also records its own path: not a key)."""
+    return [tokenizer.decode([i], skip_special=False) for i in range(tokenizer.vocab_size)]
+
+
+def _cache_path(config, tokenizer) -> pathlib.Path:
+    """Everything that shapes the warm start: model sizes, data, the prompt and memory
+    configs the demonstrations are written into, the seed and the vocabulary."""
     from pmd_jax.config import to_dict
 
-    key = (
-        json.dumps(
-            [
-                to_dict(config.model),
-                to_dict(config.data.arith),
-                config.data.task,
-                config.reflect.output_format,
-                to_dict(config.prompt),
-                config.seed,
-            ],
-            sort_keys=True,
-        ).encode()
-        + tokenizer_bytes
-    )
+    parts = [to_dict(config.model), to_dict(config.data.arith), config.data.task]
+    parts += [to_dict(config.reflect), to_dict(config.behaviours), to_dict(config.prompt)]
+    parts += [config.seed, _vocabulary(tokenizer)]
+    key = json.dumps(parts, sort_keys=True).encode()
     digest = hashlib.sha256(key).hexdigest()[:16]
     root = pathlib.Path(os.environ.get("PMD_CACHE_DIR", "~/.cache/pmd_jax")).expanduser()
     return root / "warm_start" / f"{digest}.msgpack"
@@ -243,12 +240,11 @@ def _length_buckets(examples, pad_id: int, bucket: int = 128):
     return buckets
 
 
-def warm_start(loaded, problems: Sequence[dict], config, workdir: pathlib.Path):
+def warm_start(loaded, problems: Sequence[dict], config):
     """Params after `config.model.warm_start_steps` supervised steps (cached)."""
     spec = config.model
     tokenizer = loaded.tokenizer
-    model_file = pathlib.Path(workdir) / "tokenizer" / "spm.model"
-    cache = _cache_path(config, model_file.read_bytes() if model_file.exists() else b"")
+    cache = _cache_path(config, tokenizer)
     if cache.exists():
         return flax.serialization.from_bytes(loaded.params, cache.read_bytes())
     rng = np.random.default_rng(config.seed)
