@@ -50,7 +50,9 @@ def test_one_group_through_memory_to_the_teacher(smollm2_gguf_path):
         memory, memory_config, model.params, model.config, tokenizer, rollouts, step=1
     )
     stored = int(np.asarray(memory.experience.occupied).sum())
-    assert stored == stats["memory/experience_inserted"] >= 1 and changed[0]
+    # Inserts into a full kind evict, so the store holds at most what was inserted.
+    assert 1 <= stored <= stats["memory/experience_inserted"] and changed[0]
+    assert stored <= memory_config.success_slots + memory_config.failure_slots
     embed = phases.make_embed_fn(model.params, model.config, tokenizer, 96)
     memory, reflect_stats, raw = phases.reflect_on_groups(
         memory,
