@@ -126,6 +126,18 @@ def test_tiny_baselines_train_and_checkpoint(train_env, tmp_path, algorithm):
         not np.array_equal(a, b) for a, b in zip(_leaves(params), _leaves(first), strict=True)
     ]
     assert any(changed)  # the second update moved the weights
+    # The run's policy loads for evaluation and exports to an HF directory that reads back.
+    from pmd_jax.model.hf import export_hf, load_hf
+    from pmd_jax.trained import load_trained
+
+    model = load_trained(workdir)
+    for a, b in zip(_leaves(model.params), _leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    export_hf(model.params, model.config, tmp_path / "hf")
+    config, exported = load_hf(tmp_path / "hf")
+    assert config.vocab_size == model.config.vocab_size == model.tokenizer.vocab_size
+    for a, b in zip(_leaves(exported), _leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def _leaves(tree):
