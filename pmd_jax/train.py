@@ -93,6 +93,12 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     """Build everything; returns (run, params, memory) before any resume."""
     sharding.initialize_distributed(config.mesh)
     mesh = sharding.make_mesh(config.mesh)
+    rows = config.data.batch_size * config.rollout.num_samples
+    if rows % sharding.batch_divisor(mesh):
+        raise ValueError(
+            f"data.batch_size x rollout.num_samples = {rows} rollouts do not split over the "
+            f"mesh's data x fsdp = {sharding.batch_divisor(mesh)} devices; change one of them"
+        )
     problems = _records(pipeline.load_split(config.data, "train"))
     eval_data = dataclasses.replace(config.data, subset=config.eval.num_problems)
     eval_problems = _records(pipeline.load_split(eval_data, config.eval.split))
