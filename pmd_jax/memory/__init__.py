@@ -1,6 +1,8 @@
 """Procedural memory (METHOD sections 3-5): the state pytree and its jit'd operations, reflection
 (insights), behaviour-bank evolution, the teacher context, and the JSON export. The HTML report is
-`python -m pmd_jax.memory.report` (not imported here: it pulls in matplotlib)."""
+`python -m pmd_jax.memory.report` (not imported here: it pulls in matplotlib). Functions named
+like their module (`reflect.reflect`, `kmeans.kmeans`) are not re-exported, so that
+`pmd_jax.memory.reflect` stays the module."""
 
 from pmd_jax.memory.behaviours import (
     BehaviourConfig,
@@ -14,7 +16,6 @@ from pmd_jax.memory.export import (
     memory_to_json,
     save_memory_json,
 )
-from pmd_jax.memory.kmeans import kmeans
 from pmd_jax.memory.ops import (
     apply_behaviour_actions,
     insert_experience,
@@ -28,7 +29,6 @@ from pmd_jax.memory.reflect import (
     build_reflection_requests,
     insights_to_memory,
     parse_reflection,
-    reflect,
 )
 from pmd_jax.memory.state import (
     INSERTED,
@@ -82,13 +82,11 @@ __all__ = [
     "build_teacher_prompts",
     "evolve_behaviours",
     "insights_to_memory",
-    "kmeans",
     "load_memory_json",
     "memory_from_json",
     "memory_to_json",
     "memory_views",
     "parse_reflection",
-    "reflect",
     "save_memory_json",
     "should_evolve",
     "teacher_stats",
