@@ -201,34 +201,47 @@ def _parse_value(text: str, kind: Any, key: str) -> Any:
     raise ValueError(f"--set {key}: fields of type {kind} cannot be set from the command line")
 
 
-def _replace_path(config: Any, path: Sequence[str], text: str, key: str) -> Any:
+def _parse_path(config: Any, path: Sequence[str], text: str, key: str) -> Any:
+    """The parsed value of `key` (checked against the field types along `path`)."""
     if not dataclasses.is_dataclass(config):
         raise KeyError(f"--set {key}: {type(config).__name__} has no fields")
     hints = typing.get_type_hints(type(config))
     names = [f.name for f in dataclasses.fields(config)]
     head = path[0]
     if head not in names:
-        raise KeyError(
-            f"--set {key}: unknown key {head!r} in {type(config).__name__}; have {names}"
-        )
+        raise KeyError(f"--set {key}: unknown key {head!r} in {type(config).__name__}; have {names}")
     current = getattr(config, head)
     if len(path) == 1:
         if dataclasses.is_dataclass(current):
             raise KeyError(f"--set {key}: {head!r} is a section; set one of its fields")
-        value = _parse_value(text, hints[head], key)
-    else:
-        value = _replace_path(current, path[1:], text, key)
-    return dataclasses.replace(config, **{head: value})
+        return _parse_value(text, hints[head], key)
+    return _parse_path(current, path[1:], text, key)
+
+
+def _apply(config: Any, changes: dict[str, Any]) -> Any:
+    """One dataclasses.replace per section, so each config validates once, with every change
+    of the command line in place (e.g. ablation and frozen_memory_path together)."""
+    updates = {
+        name: _apply(getattr(config, name), value) if isinstance(value, dict) else value
+        for name, value in changes.items()
+    }
+    return dataclasses.replace(config, **updates)
 
 
 def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """Apply `a.b=value` strings in order; unknown keys and unparsable values raise."""
+    """Apply `a.b=value` strings (later ones win); unknown keys and unparsable values raise."""
+    changes: dict[str, Any] = {}
     for override in overrides:
         if "=" not in override:
             raise ValueError(f"--set {override!r}: expected key=value")
-        key, text = override.split("=", 1)
-        config = _replace_path(config, key.strip().split("."), text.strip(), key.strip())
-    return config
+        key, text = (part.strip() for part in override.split("=", 1))
+        path = key.split(".")
+        value = _parse_path(config, path, text, key)
+        node = changes
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+    return _apply(config, changes)
 
 
 def to_dict(config: Any) -> Any:

@@ -62,3 +62,11 @@ def test_experiments_load_and_unknown_ones_are_listed():
     assert to_dict(tiny)["rollout"]["num_samples"] == tiny.rollout.num_samples
     with pytest.raises(FileNotFoundError, match=r"known: \[.*'tiny'.*\]"):
         load_experiment("tinyy")
+
+
+def test_overrides_validate_together_not_one_by_one():
+    config = apply_overrides(
+        TrainConfig(), ["ablation=frozen_memory", "frozen_memory_path=/tmp/m.json"]
+    )
+    assert config.ablation == "frozen_memory" and config.frozen_memory_path == "/tmp/m.json"
+    assert apply_overrides(TrainConfig(), ["seed=1", "seed=2"]).seed == 2

@@ -23,12 +23,13 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def train_env(tmp_path_factory):
-    """Environment of a tiny run: a session-wide TFDS dir and warm-start cache."""
+    """Environment of a tiny run: a session-wide TFDS dir and warm-start cache (a developer's
+    own PMD_TFDS_DIR / PMD_CACHE_DIR are kept, so the warm start is paid once per machine)."""
     root = tmp_path_factory.mktemp("train_session")
     return dict(
         os.environ,
-        PMD_TFDS_DIR=str(root / "tfds"),
-        PMD_CACHE_DIR=str(root / "cache"),
+        PMD_TFDS_DIR=os.environ.get("PMD_TFDS_DIR", str(root / "tfds")),
+        PMD_CACHE_DIR=os.environ.get("PMD_CACHE_DIR", str(root / "cache")),
         JAX_PLATFORMS="cpu",
         # Runs of one session compile the same programs: share them through JAX's disk cache.
         JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
