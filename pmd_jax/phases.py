@@ -132,19 +132,13 @@ def remember(
         memory_config.feedback_len,
         memory_config.pad_id,
     )
-    width = memory_config.response_len
-    tokens = rollouts.tokens[:, :width]
-    if tokens.shape[1] < width:
-        tokens = np.pad(
-            tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=memory_config.pad_id
-        )
     problem_rows = np.repeat(rollouts.problem_ids, rollouts.group_size)
     memory, outcome = ops.insert_experience_batch(
         memory,
         memory_config,
         problem_rows,
-        tokens,
-        np.minimum(rollouts.lengths, width),
+        rollouts.tokens,  # fitted to response_len (truncated or padded) by the insert
+        rollouts.lengths,
         rollouts.rewards,
         feedback,
         feedback_lens,

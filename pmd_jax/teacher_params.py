@@ -9,17 +9,19 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def ema_leaf(teacher_leaf: jax.Array, student_leaf: jax.Array, tau: jax.Array) -> jax.Array:
+    """(1 - tau) teacher + tau student in float32 (or the wider leaf dtype), in the teacher's
+    dtype. Traceable: the train step applies it inside its own jit."""
+    tau = jnp.asarray(tau, jnp.float32)
+    dtype = jnp.promote_types(jnp.promote_types(teacher_leaf.dtype, student_leaf.dtype), tau.dtype)
+    weight = tau.astype(dtype)
+    mixed = (1 - weight) * teacher_leaf.astype(dtype) + weight * student_leaf.astype(dtype)
+    return mixed.astype(teacher_leaf.dtype)
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def _ema(teacher, student, tau: jax.Array):
-    def leaf(teacher_leaf: jax.Array, student_leaf: jax.Array) -> jax.Array:
-        dtype = jnp.promote_types(
-            jnp.promote_types(teacher_leaf.dtype, student_leaf.dtype), tau.dtype
-        )
-        weight = tau.astype(dtype)
-        mixed = (1 - weight) * teacher_leaf.astype(dtype) + weight * student_leaf.astype(dtype)
-        return mixed.astype(teacher_leaf.dtype)
-
-    return jax.tree.map(leaf, teacher, student)
+    return jax.tree.map(lambda t, s: ema_leaf(t, s, tau), teacher, student)
 
 
 def _check_same_shape(path, teacher_leaf, student_leaf) -> None:

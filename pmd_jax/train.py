@@ -65,6 +65,7 @@ class Run:
     problems: list[dict]  # the train split, index = problem id
     eval_problems: list[dict]
     encoder_params: Any  # fixed memory encoder (the initial policy)
+    embed_fn: Any  # texts -> unit embeddings [N, D] with that encoder
     question_embeddings: Any  # [P, D]
     mesh: Any
     optimizer: Any
@@ -117,9 +118,10 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         pad_id=tokenizer.pad_id,
     )
     encoder_params = jax.tree.map(jnp.copy, params)  # the update donates the policy's buffers
-    question_embeddings = phases.make_embed_fn(
+    embed_fn = phases.make_embed_fn(
         encoder_params, model_config, tokenizer, memory_config.response_len
-    )([p["question"] for p in problems])
+    )
+    question_embeddings = embed_fn([p["question"] for p in problems])
     rollout = config.rollout
     sample_config = SampleConfig(
         max_new_tokens=rollout.max_new_tokens,
@@ -145,9 +147,6 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     if config.uses_memory:
         if config.ablation == "frozen_memory":
             data = load_memory_json(config.frozen_memory_path)
-            embed_fn = phases.make_embed_fn(
-                encoder_params, model_config, tokenizer, memory_config.response_len
-            )
             memory = memory_from_json(data, memory_config, tokenizer, embed_fn=embed_fn)
             memory = set_frozen(memory, True)
         else:
@@ -168,6 +167,7 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         problems=problems,
         eval_problems=eval_problems,
         encoder_params=encoder_params,
+        embed_fn=embed_fn,
         question_embeddings=question_embeddings,
         mesh=mesh,
         optimizer=optimizer,
@@ -286,10 +286,7 @@ def _with_behaviours(run: Run, memory) -> list[dict]:
     from pmd_jax.memory import ops
     from pmd_jax.memory.teacher import memory_views
 
-    embed = phases.make_embed_fn(
-        run.encoder_params, run.model_config, run.tokenizer, run.memory_config.response_len
-    )
-    queries = embed([p["question"] for p in run.eval_problems])
+    queries = run.embed_fn([p["question"] for p in run.eval_problems])
     k = run.config.teacher.num_behaviours
     indices = np.asarray(ops.retrieve_behaviours(memory, queries, k)[0])
     views = memory_views(
@@ -396,9 +393,6 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
         if config.ablation == "pmd_transient":
             memory = clear(memory, run.memory_config, keep_behaviours=False)
         reflector = run.encoder_params if config.base_teacher_reflector else state.params
-        embed_fn = phases.make_embed_fn(
-            run.encoder_params, run.model_config, run.tokenizer, run.memory_config.response_len
-        )
         updating = config.ablation != "frozen_memory"
         if updating and config.level_enabled("exp"):
             memory, stats, changed = phases.remember(
@@ -421,7 +415,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
                     rollouts,
                     changed,
                     config.reflect,
-                    embed_fn,
+                    run.embed_fn,
                     reflect_rng,
                     step,
                 )
@@ -437,7 +431,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
                 run.question_embeddings,
                 rollouts,
                 config.behaviours,
-                embed_fn,
+                run.embed_fn,
                 evolve_rng,
                 step,
                 centroids,

@@ -25,6 +25,7 @@ from pmd_jax.losses import LossConfig, grpo_loss, self_distillation_loss_from_hi
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.transformer import Transformer, positions_from_mask
 from pmd_jax.sampling import lm_head_matrix
+from pmd_jax.teacher_params import ema_leaf
 
 ALGORITHMS = ("grpo", "sdpo", "pmd")
 
@@ -211,13 +212,6 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves))
 
 
-def _ema_leaf(teacher: jax.Array, student: jax.Array, tau: float) -> jax.Array:
-    dtype = jnp.promote_types(jnp.promote_types(teacher.dtype, student.dtype), jnp.float32)
-    weight = jnp.asarray(tau, dtype)
-    mixed = (1 - weight) * teacher.astype(dtype) + weight * student.astype(dtype)
-    return mixed.astype(teacher.dtype)
-
-
 def train_step(
     state: TrainState,
     batch: RolloutBatch,
@@ -238,7 +232,7 @@ def train_step(
     opt_state = keep(new_opt_state, state.opt_state)
     teacher = state.teacher_params
     if teacher is not None and config.teacher_tau > 0:
-        teacher = jax.tree.map(lambda t, s: _ema_leaf(t, s, config.teacher_tau), teacher, params)
+        teacher = jax.tree.map(lambda t, s: ema_leaf(t, s, config.teacher_tau), teacher, params)
     metrics = dict(metrics)
     metrics["train/loss"] = loss
     metrics["train/grad_norm"] = optax.global_norm(grads)
