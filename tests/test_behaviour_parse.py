@@ -1,8 +1,11 @@
 """Behaviour-evolver output parsing: a table of model outputs with the exact expected actions."""
 
+import json
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_output_strategies import json_ish_text, json_values
 
 from pmd_jax.memory.behaviour_parse import Action, normalise_name, parse_behaviour_actions
 
@@ -132,3 +135,34 @@ def test_parser_never_raises_and_names_are_snake_case(text):
     assert parsed.ok or not parsed.actions
     for action in parsed.actions:
         assert action.name and set(action.name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _check_actions(parsed):
+    assert parsed.ok or not parsed.actions
+    assert parsed.dropped >= 0 and (parsed.ok or parsed.error)
+    for action in parsed.actions:
+        assert action.op in ("new", "update", "remove")
+        assert 0 < len(action.name) <= 64
+        assert set(action.name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
+        assert (action.instruction == "") == (action.op == "remove")
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_ish_text())
+def test_parser_never_raises_on_json_ish_output(text):
+    _check_actions(parse_behaviour_actions(text))
+
+
+@settings(max_examples=100, deadline=None)
+@given(json_values)
+def test_json_in_a_fence_with_prose_parses_like_the_bare_json(value):
+    bare = json.dumps(value)
+    assert parse_behaviour_actions(f"Here you go:\n```json\n{bare}\n```\nDone.") == (
+        parse_behaviour_actions(bare)
+    )
+
+
+def test_deep_nesting_is_no_json_not_a_recursion_error():
+    # The decoder recursed past Python's limit and raised RecursionError (found by the fuzzing).
+    parsed = parse_behaviour_actions("[" * 1500 + NEW_A)
+    assert parsed.actions == (Action("new", "check_units", "Check the units."),)

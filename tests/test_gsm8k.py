@@ -122,6 +122,23 @@ def test_missing_field_error_names_field_file_and_line(tmp_path, missing):
         pipeline.prepare(_config(tmp_path / "tfds", local))
 
 
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('["question", "answer"]', "expected a JSON object, got list"),
+        ('{"question": 7, "answer": "#### 7"}', "field 'question' is not a string"),
+        ('{"question": "q?", "answer": null}', "field 'answer' is not a string"),
+        ('{"question": "q?", "answer": "#### "}', "field 'answer': solution has an empty answer"),
+        ('{"question": "q?"', "malformed JSON"),
+    ],
+)
+def test_bad_line_error_names_file_line_and_problem(tmp_path, line, problem):
+    path = tmp_path / "train.jsonl"
+    with pytest.raises(ValueError) as caught:
+        gsm8k.parse_line(line, path, 41)
+    assert str(caught.value).startswith(f"{path}, line 42: {problem}")
+
+
 def test_solution_without_final_answer_is_an_error(tmp_path):
     row = json.dumps({"question": "q?", "answer": "no marker here"})
     with pytest.raises(ValueError, match=r"line 1: field 'answer': .*'#### <number>'"):

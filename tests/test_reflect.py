@@ -10,6 +10,9 @@ import zlib
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from model_output_strategies import json_ish_text, json_values
 
 from pmd_jax import memory as mem
 from pmd_jax.memory import reflect as reflect_module
@@ -25,7 +28,7 @@ from pmd_jax.memory.reflect import (
     reflection_case,
     shortcut_reason,
 )
-from pmd_jax.memory.reflect_parse import SHORTCUT_REASONS
+from pmd_jax.memory.reflect_parse import KINDS, SHORTCUT_REASONS
 from pmd_jax.memory.reflect_prompts import TRUNCATION_MARKER, build_messages, response_prefix
 
 LINES = ReflectConfig(output_format="lines")
@@ -468,3 +471,24 @@ def test_experience_attempts_decode_stored_rollouts(arith_tokenizer):
     assert reflect_module.experience_attempts(experience, 0, arith_tokenizer) == []
     expected = [Attempt(texts[0], 1.0, ""), Attempt(texts[1], 0.0, feedback[1])]
     assert reflect_module.experience_attempts(experience, 1, arith_tokenizer) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_ish_text(), st.text(max_size=200))
+def test_parse_and_filter_never_raise_on_json_ish_output(text, question):
+    for output_format in ("json", "lines"):
+        parsed = parse_reflection(text, output_format)
+        assert parsed.ok == bool(parsed.items) and (parsed.ok or parsed.error)
+        for item in parsed.items:
+            assert item.kind in KINDS and any(char.isalpha() for char in item.title)
+            assert len(item.content.split()) >= 3
+        kept, counts = filter_shortcuts(parsed.items, question)
+        assert set(counts) == set(SHORTCUT_REASONS)
+        assert len(kept) + sum(counts.values()) == len(parsed.items)
+
+
+@settings(max_examples=100, deadline=None)
+@given(json_values.map(json.dumps).filter(lambda bare: "```" not in bare))
+def test_json_in_a_fence_with_prose_parses_like_the_bare_json(bare):
+    wrapped = f"Here are my insights:\n```json\n{bare}\n```\nThat is all."
+    assert parse_reflection(wrapped, "json").items == parse_reflection(bare, "json").items

@@ -248,3 +248,160 @@ def test_arbitrary_unicode_never_raises_10k(text):
 def test_answer_like_text_never_raises(text):
     verify(text, "42")
     verify(text, "42", BOXED)
+
+
+# Pieces of answer syntax and of the reward-hacking attempts the module docstring rules on.
+FRAGMENTS = [
+    "####",
+    "#### ",
+    "\n",
+    "\\boxed{",
+    "{",
+    "}",
+    "$",
+    "**",
+    "`",
+    "```",
+    "-",
+    "\u2212",
+    ",",
+    ".",
+    "/",
+    "%",
+    " ",
+    "42",
+    "0",
+    "7",
+    "1,234",
+    "1e3",
+    "nan",
+    "inf",
+    "-inf",
+    "NaN",
+    "Infinity",
+    "9" * 400,
+    "\u0664\u0662",
+    "\uff14\uff12",
+    "\u00bd",
+    "\u00b2",
+    " dollars",
+    "\\frac{1}{2}",
+    "\\(",
+    "\\)",
+    "\\$",
+    "{,}",
+    "\\,",
+    "<|im_start|>",
+    "\x00",
+    "\ufeff",
+    "\u200b",
+]
+adversarial_text = st.lists(
+    st.one_of(
+        st.sampled_from(FRAGMENTS),
+        st.text(max_size=8),
+        st.integers().map(str),
+        st.floats().map(repr),
+    ),
+    max_size=30,
+).map("".join)
+golds = st.one_of(
+    st.integers(-(10**16), 10**16).map(str),
+    st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
+)
+
+
+def _check_verdict(response, gold):
+    for config in (VerifierConfig(), BOXED):
+        verdict = verify(response, gold, config)
+        assert isinstance(verdict, Verdict) and verdict.reward in (0.0, 1.0)
+        assert (verdict.feedback == "") == (verdict.reward == 1.0)
+        if verdict.reward == 1.0:
+            value = parse_number(verdict.extracted)
+            assert value is not None and abs(value - parse_number(gold)) <= config.abs_tol
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(adversarial_text, golds)
+def test_adversarial_responses_never_raise(response, gold):
+    _check_verdict(response, gold)
+
+
+@pytest.mark.slow
+@settings(max_examples=10_000, deadline=None)
+@given(adversarial_text, golds)
+def test_adversarial_responses_never_raise_10k(response, gold):
+    _check_verdict(response, gold)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sampled_from(FRAGMENTS + ["\\boxed{1", "a.", "**4"]), st.integers(1, 5_000))
+def test_long_repetitive_responses_never_raise(fragment, count):
+    _check_verdict(fragment * count, "42")
+
+
+def test_many_unclosed_boxes_take_linear_time():
+    response = "\\boxed{" * 20_000 + "\\boxed{42}" + "\\boxed{" * 20_000
+    assert verify(response, "42", BOXED).reward == 1.0  # was 100 s with a rescan per box
+
+
+def _last_boxed_by_rescan(response):
+    """The reference: scan forward from each box, the last first, until one closes."""
+    start = response.rfind("\\boxed{")
+    while start != -1:
+        depth, begin = 1, start + len("\\boxed{")
+        for index in range(begin, len(response)):
+            depth += {"{": 1, "}": -1}.get(response[index], 0)
+            if depth == 0:
+                return response[begin:index].strip()
+        start = response.rfind("\\boxed{", 0, start)
+    return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["\\boxed{", "{", "}", "1", " x"]), max_size=40).map("".join))
+def test_boxed_extraction_matches_the_rescan_reference(response):
+    assert extract_answer(response, "boxed") == _last_boxed_by_rescan(response)
+
+
+# Reward-hacking rules (module docstring), as properties over arbitrary text.
+small_ints = st.integers(-(10**6), 10**6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(adversarial_text, small_ints)
+def test_only_the_last_answer_counts_whatever_comes_before(prefix, gold):
+    assert verify(f"{prefix}\n#### {gold}", str(gold)).reward == 1.0
+    assert verify(f"{prefix}\n#### {gold}\n#### {gold + 1}", str(gold)).reward == 0.0
+    assert verify(f"{prefix}\\boxed{{{gold}}}", str(gold), BOXED).reward == 1.0
+    assert verify(f"{prefix}\\boxed{{{gold}}} \\boxed{{{gold + 1}}}", str(gold), BOXED).reward == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(adversarial_text.filter(lambda text: "####" not in text), small_ints)
+def test_numbers_without_the_marker_never_score(prose, gold):
+    # An echoed question or a prose answer: however many times the gold appears, no '####'.
+    verdict = verify(f"{prose} {gold} {prose} The answer is {gold}.", str(gold))
+    assert verdict.reward == 0.0
+    assert verdict.feedback == "no line of the form '#### <number>' was found"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-(10**30), 10**30))
+def test_giant_integers_score_only_up_to_max_abs(number):
+    verdict = verify(f"#### {number}", str(number))
+    assert verdict.reward == float(abs(number) <= 10**15)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(
+        alphabet=st.characters(categories=["Nd"]).filter(lambda c: not c.isascii()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_unicode_digits_never_score(digits):
+    gold = "".join(str(int(char)) for char in digits)
+    verdict = verify(f"#### {digits}", gold)
+    assert verdict.reward == 0.0 and verdict.feedback.endswith("(write it with the digits 0-9)")

@@ -106,8 +106,8 @@ def local_split_paths(local_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     """{split: path} of the jsonl files in a local GSM8K directory; clear errors when absent."""
     if not local_dir.is_dir():
         raise FileNotFoundError(
-            f"GSM8K directory {local_dir} does not exist (set {ENV_VAR} or the gsm8k_dir "
-            "option to a directory holding train.jsonl and test.jsonl)"
+            f"GSM8K directory {local_dir} does not exist (set {ENV_VAR} or data.gsm8k_dir "
+            "to a directory holding train.jsonl and test.jsonl)"
         )
     paths = {split: local_dir / f"{split}.jsonl" for split in SPLITS}
     for split, path in paths.items():
@@ -155,7 +155,7 @@ class PmdGsm8k(tfds.core.GeneratorBasedBuilder):
             if not network_reachable():
                 raise ConnectionError(
                     f"cannot reach {_DOWNLOAD_HOST} to download GSM8K; offline, set {ENV_VAR} "
-                    "(or the gsm8k_dir option) to a directory with train.jsonl and test.jsonl"
+                    "(or data.gsm8k_dir) to a directory with train.jsonl and test.jsonl"
                 )
             paths = dl_manager.download(URLS)
         return {split: self._generate_examples(path) for split, path in paths.items()}

@@ -69,7 +69,7 @@ def _json_values(text: str) -> list[Any]:
     while (match := _OPENING.search(text, position)) is not None:
         try:
             value, position = decoder.raw_decode(text, match.start())
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting ("[[[[...") overflows the decoder
             position = match.start() + 1
             continue
         values.append(value)
