@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+DIVERGENCE_IMPLS = ("jax", "pallas")
+
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
@@ -40,6 +42,7 @@ class LossConfig:
     std_normalise: bool = False  # Dr.GRPO: no division by the group std
     kl_coef: float = 0.0  # k3 KL to a reference policy (needs ref_logprobs)
     entropy_coef: float = 0.0  # entropy bonus (needs per-token entropy)
+    divergence_impl: str = "jax"  # "jax" (reference) | "pallas" (kernels/distill_divergence.py)
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -57,6 +60,12 @@ class LossConfig:
             )
         if self.dual_clip <= 1.0:
             raise ValueError(f"LossConfig.dual_clip must be > 1, got {self.dual_clip}")
+        if self.divergence_impl not in DIVERGENCE_IMPLS:
+            raise ValueError(
+                f"LossConfig.divergence_impl={self.divergence_impl!r}: use one of {DIVERGENCE_IMPLS}"
+            )
+        if self.divergence_impl == "pallas" and self.top_k is None:
+            raise ValueError("LossConfig.divergence_impl='pallas' needs top_k (not None)")
 
 
 def _float(x: jax.Array) -> jax.Array:
@@ -113,12 +122,14 @@ def distill_divergence(
     top_k: int | None,
     temperature: float = 1.0,
     tail_epsilon: float = 1e-6,
+    impl: str = "jax",
 ) -> jax.Array:
     """Per-token divergence between student and (stop-gradient) teacher next-token distributions.
 
     student_logits, teacher_logits: [M, V] (any float dtype) -> divergence [M] (float32+, nats).
     top_k=None: full vocabulary; else the (top_k + 1)-way distributions over the student's top-k
-    ids plus a tail bucket. The hot spot of the distillation loss (to be replaced by a Pallas kernel).
+    ids plus a tail bucket. impl: "jax" (`topk_divergence`) or "pallas" (the streamed kernel in
+    kernels/distill_divergence.py; needs top_k).
     """
     if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -128,8 +139,35 @@ def distill_divergence(
     vocab_size = student_logits.shape[-1]
     if top_k is not None and not 1 <= top_k < vocab_size:
         raise ValueError(f"top_k={top_k} must be in [1, V={vocab_size}); use None for full V")
+    if impl not in DIVERGENCE_IMPLS:
+        raise ValueError(f"distill_divergence impl={impl!r}: use one of {DIVERGENCE_IMPLS}")
+    settings = dict(alpha=alpha, top_k=top_k, temperature=temperature, tail_epsilon=tail_epsilon)
+    teacher_logits = lax.stop_gradient(teacher_logits)
+    if impl == "jax":
+        return topk_divergence(student_logits, teacher_logits, **settings)
+    if top_k is None:
+        raise ValueError("distill_divergence impl='pallas' needs top_k (not None)")
+    # Imported here: the kernel module reuses this module's divergence math.
+    from kernels.distill_divergence import pallas_topk_divergence
+
+    return pallas_topk_divergence(student_logits, teacher_logits, **settings)
+
+
+def topk_divergence(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    alpha: float,
+    top_k: int | None,
+    temperature: float = 1.0,
+    tail_epsilon: float = 1e-6,
+) -> jax.Array:
+    """The pure-JAX divergence of `distill_divergence`, differentiable in both logits [M, V] -> [M].
+
+    The reference for the Pallas kernel; materialises float32 log-softmax [M, V] for both inputs.
+    """
     student = _scaled(student_logits, temperature)
-    teacher = _scaled(lax.stop_gradient(teacher_logits), temperature)
+    teacher = _scaled(teacher_logits, temperature)
     student_lse = jax.nn.logsumexp(student, axis=-1, keepdims=True)
     teacher_lse = jax.nn.logsumexp(teacher, axis=-1, keepdims=True)
     if top_k is None:
@@ -256,6 +294,7 @@ def _token_stats(
         top_k=config.top_k,
         temperature=config.temperature,
         tail_epsilon=config.tail_epsilon,
+        impl=config.divergence_impl,
     ).reshape(n, t)
     student_logprobs = sampled_logprobs(student_logits, tokens, config.temperature)
     teacher_logprobs = sampled_logprobs(teacher_logits, tokens, config.temperature)

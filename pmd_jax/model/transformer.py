@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pmd_jax.model.config import ModelConfig, rope_inv_freq
+from pmd_jax.model.config import ATTENTION_IMPLS, ModelConfig, rope_inv_freq
 
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
 
@@ -65,13 +65,18 @@ def attention(
     v: jax.Array,
     self_mask: jax.Array,
     context: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    impl: str = "naive",
 ) -> jax.Array:
     """Grouped-query attention of new tokens over (context +) themselves, softmax in float32.
 
     q: [B, T, H, Dh]; k, v: [B, T, K, Dh]; self_mask: [B, T, T] bool (causal & padding);
     context: (keys [B, S, K, Dh], values [B, S, K, Dh], mask [B, T, S]) or None. Returns [B, T, H, Dh].
     The context is never concatenated with the new keys, so a decode step reads the cache in place.
+    impl (ModelConfig.attention_impl) applies without context (training, prefill); decoding over a
+    context always takes the naive path below.
     """
+    if context is None and impl != "naive":
+        return fused_attention(q, k, v, self_mask, impl)
     b, t, h, dh = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh) * jnp.asarray(dh**-0.5, q.dtype)
@@ -90,6 +95,63 @@ def attention(
     if context is not None:
         out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., :-t], context[1])
     return out.reshape(b, t, h, dh)
+
+
+def fused_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, self_mask: jax.Array, impl: str
+) -> jax.Array:
+    """Self-attention through a library kernel. impl: "xla" | "cudnn" (GPU) | "splash" (TPU).
+
+    q: [B, T, H, Dh]; k, v: [B, T, K, Dh] (K divides H; no K/V repeat needed); self_mask: [B, T, T].
+    """
+    backend = jax.default_backend()
+    if impl in ("xla", "cudnn"):
+        if impl == "cudnn" and backend != "gpu":
+            raise ValueError(f"attention_impl='cudnn' needs a GPU backend, not {backend!r}")
+        mask = self_mask[:, None]  # [B, 1, T, T], broadcast over heads
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    if impl == "splash":
+        if backend != "tpu":
+            raise ValueError(f"attention_impl='splash' needs a TPU backend, not {backend!r}")
+        return splash_attention(q, k, v, self_mask)
+    raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
+
+
+def splash_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, self_mask: jax.Array, interpret: bool = False
+) -> jax.Array:
+    """Causal GQA self-attention with the TPU splash kernel (one MQA kernel per key/value head).
+
+    Shapes as in `fused_attention`; T must be a multiple of 128. Padding enters as segment ids read
+    off the last row of `self_mask` (left padding: the last token is real and sees every real key),
+    so padded queries attend to padded keys only; their outputs are never used. interpret: run the
+    kernel as a loop (tests on CPU).
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, t, h, dh = q.shape
+    kv_heads = k.shape[2]
+    if t % 128:
+        raise ValueError(f"attention_impl='splash' needs T a multiple of 128, got T={t}")
+    group = h // kv_heads
+    block = min(512, t)
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )  # fmt: skip
+    head_mask = splash.MultiHeadMask([splash.CausalMask((t, t))] * group)
+    kernel = splash.make_splash_mqa_single_device(head_mask, block_sizes=sizes, interpret=interpret)
+    segments = self_mask[:, -1, :].astype(jnp.int32)  # [B, T]: 1 real, 0 padding
+    q = jnp.moveaxis(q.reshape(b, t, kv_heads, group, dh), 1, 3) * jnp.asarray(dh**-0.5, q.dtype)
+    k, v = jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)  # [B, K, T, Dh]
+
+    def one_head(q_kgtd, k_td, v_td, segment_t):
+        return kernel(q_kgtd, k_td, v_td, segment_ids=splash.SegmentIds(segment_t, segment_t))
+
+    per_kv_head = jax.vmap(one_head, in_axes=(0, 0, 0, None))
+    out = jax.vmap(per_kv_head)(q, k, v, segments)  # [B, K, G, T, Dh]
+    return jnp.moveaxis(out, 3, 1).reshape(b, t, h, dh)
 
 
 class Block(nn.Module):
@@ -118,7 +180,7 @@ class Block(nn.Module):
         inv_freq = jnp.asarray(rope_inv_freq(cfg))
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         context = None if layer_context is None else (*layer_context, context_mask)
-        attn = attention(q, k, v, self_mask, context).reshape(b, t, h * dh)
+        attn = attention(q, k, v, self_mask, context, cfg.attention_impl).reshape(b, t, h * dh)
         x = x + dense(cfg.hidden_size, use_bias=cfg.o_bias, name="o_proj")(attn)
 
         hidden = norm(name="mlp_norm")(x)
