@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXP ?= tiny
+EXP ?= arith
+# Offline GSM8K: ../shared/data/gsm8k when it sits beside the checkout (else TFDS downloads it).
+SHARED_GSM8K := $(abspath ../shared/data/gsm8k)
+ifneq ($(wildcard $(SHARED_GSM8K)/train.jsonl),)
+export PMD_GSM8K_DIR ?= $(SHARED_GSM8K)
+endif
 WORKDIR ?= workdir/$(EXP)
 ARGS ?=
 PYTEST_ARGS ?=
@@ -34,8 +39,8 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# Training and evaluation: make train EXP=tiny [WORKDIR=...] [ARGS="--set a.b=v ..."]
-.PHONY: train eval export report
+# Training and evaluation: make train [EXP=arith] [WORKDIR=...] [ARGS="--set a.b=v ..."]
+.PHONY: train eval export report ablation
 train: $(STAMP)
 	$(BIN)/python -m pmd_jax.train --exp $(EXP) --workdir $(WORKDIR) $(ARGS)
 
@@ -52,3 +57,7 @@ export: $(STAMP)
 # make report WORKDIR=workdir/tiny -> $(WORKDIR)/report.html
 report: $(STAMP)
 	$(BIN)/python -m pmd_jax.memory.report $(WORKDIR) --out $(WORKDIR)/report.html
+
+# The ablation study (hours on a CPU; resumable): make ablation [ARGS="--seeds 0 --steps 6"]
+ablation: $(STAMP)
+	$(BIN)/python -m experiments.ablation $(ARGS)

@@ -72,6 +72,7 @@ class EvalSchedule:
     """Periodic memory-free evaluation on held-out problems."""
 
     every_steps: int = 0  # 0 = only at the end (when final is set)
+    initial: bool = False  # also evaluate the starting params (logged as step 0) in a fresh run
     final: bool = True
     split: str = "test"
     num_problems: int = 64
@@ -236,6 +237,8 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
             raise ValueError(f"--set {override!r}: expected key=value")
         key, text = (part.strip() for part in override.split("=", 1))
         path = key.split(".")
+        if path == ["model"]:
+            path = ["model", "name"]  # `--set model=NAME`: the model to start from
         value = _parse_path(config, path, text, key)
         node = changes
         for name in path[:-1]:

@@ -41,6 +41,7 @@ from pmd_jax.memory.teacher import (
 )
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.sampling import SampleConfig, left_pad, response_token_lists, sample
+from pmd_jax.train_step import RolloutBatch
 from pmd_jax.verify import VerifierConfig, verify_batch
 
 EmbedFn = Callable[[list[str]], jax.Array]
@@ -314,4 +315,35 @@ def tokens_with_width(tokens: np.ndarray, mask: np.ndarray, width: int, pad_id: 
     return (
         np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id),
         np.pad(mask, ((0, 0), (extra, 0)), constant_values=False),
+    )
+
+
+def rollout_batch(
+    rollouts: Rollouts, teacher: TeacherBatch | None, teacher_width: int, pad_id: int
+) -> RolloutBatch:
+    """The phases' outputs as the train step's arrays: N = B * J rows, the prompt of each row
+    repeated J times, teacher prompts left-padded to `teacher_width` (GRPO: teacher None ->
+    [N, 1] placeholders the GRPO loss never reads)."""
+    j = rollouts.group_size
+    rows = np.repeat(np.arange(len(rollouts.questions)), j)
+    n = len(rollouts.texts)
+    if teacher is None:
+        teacher_tokens = np.zeros((n, 1), np.int32)
+        teacher_mask = np.ones((n, 1), bool)
+        sample_mask = np.ones((n,), bool)
+    else:
+        teacher_tokens, teacher_mask = tokens_with_width(
+            teacher.prompt_tokens, teacher.prompt_mask, teacher_width, pad_id
+        )
+        sample_mask = teacher.has_signal
+    return RolloutBatch(
+        prompt_tokens=rollouts.prompt_tokens[rows],
+        prompt_mask=rollouts.prompt_mask[rows],
+        response_tokens=rollouts.tokens.astype(np.int32),
+        response_mask=rollouts.response_mask,
+        sampler_logprobs=rollouts.logprobs,
+        rewards=rollouts.rewards,
+        teacher_tokens=np.asarray(teacher_tokens, np.int32),
+        teacher_mask=np.asarray(teacher_mask, bool),
+        sample_mask=np.asarray(sample_mask, bool),
     )

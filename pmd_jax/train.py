@@ -22,9 +22,10 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -50,8 +51,29 @@ from pmd_jax.model.scratch import scratch_model
 from pmd_jax.optimizer import make_optimizer
 from pmd_jax.sampling import SampleConfig, answer_line_stop_table, bucket_length
 from pmd_jax.train_step import RolloutBatch, StepConfig, init_train_state, make_train_step
+from pmd_jax.validate import validate_lengths, validate_run
 
 CRASH_ENV = "PMD_CRASH_AFTER_STEP"  # tests: exit hard (no cleanup) after this step
+# Failure drills (tests, README "Failure modes"): SIGKILL at "<point>:<step>" / NaN gradients.
+CRASH_AT_ENV = "PMD_CRASH_AT"
+CRASH_POINTS = ("mid_step", "after_checkpoint", "during_save")
+NAN_GRAD_ENV = "PMD_NAN_GRAD_AT_STEP"
+
+
+def _crash_drill(point: str, step: int, manager=None) -> None:
+    """SIGKILL this process when $PMD_CRASH_AT is `point:step`. mid_step: after sampling, before
+    the update; after_checkpoint: once step's save is on disk; during_save: right after the async
+    save started."""
+    wanted = os.environ.get(CRASH_AT_ENV, "")
+    if wanted and wanted.split(":")[0] not in CRASH_POINTS:
+        raise ValueError(
+            f"{CRASH_AT_ENV}={wanted!r}: expected <point>:<step>, point in {CRASH_POINTS}"
+        )
+    if wanted != f"{point}:{step}":
+        return
+    if point == "after_checkpoint":
+        manager.wait_until_finished()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclasses.dataclass
@@ -93,17 +115,17 @@ def _records(dataset) -> list[dict]:
 def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     """Build everything; returns (run, params, memory) before any resume."""
     sharding.initialize_distributed(config.mesh)
+    validate_run(config, jax.device_count())  # every config problem, before any compute
     mesh = sharding.make_mesh(config.mesh)
-    rows = config.data.batch_size * config.rollout.num_samples
-    if rows % sharding.batch_divisor(mesh):
-        raise ValueError(
-            f"data.batch_size x rollout.num_samples = {rows} rollouts do not split over the "
-            f"mesh's data x fsdp = {sharding.batch_divisor(mesh)} devices; change one of them"
-        )
     problems = _records(pipeline.load_split(config.data, "train"))
     eval_data = dataclasses.replace(config.data, subset=config.eval.num_problems)
     eval_problems = _records(pipeline.load_split(eval_data, config.eval.split))
     loaded = _load_model(config, problems, workdir)
+    questions = [p["question"] for p in problems]
+    longest_prompt = max(
+        len(p.ids) for p in format_prompts(loaded.tokenizer, questions, config.prompt)
+    )
+    validate_lengths(config, longest_prompt, loaded.config.max_position_embeddings)
     if config.model.warm_start_steps > 0:
         from pmd_jax.warm_start import warm_start
 
@@ -142,6 +164,9 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         micro_batches=config.optimizer.micro_batches,
         teacher_tau=config.teacher_tau,
         remat=config.model.remat,
+        loss_spike_factor=config.optimizer.loss_spike_factor,
+        loss_spike_window=config.optimizer.loss_spike_window,
+        nan_grad_at_step=int(os.environ.get(NAN_GRAD_ENV, "0")),
     )
     memory = None
     if config.uses_memory:
@@ -151,13 +176,7 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
             memory = set_frozen(memory, True)
         else:
             memory = init_memory(memory_config)
-    prompt_width = bucket_length(
-        max(
-            len(p.ids)
-            for p in format_prompts(tokenizer, [p["question"] for p in problems], config.prompt)
-        ),
-        config.rollout.prompt_bucket,
-    )
+    prompt_width = bucket_length(longest_prompt, config.rollout.prompt_bucket)
     teacher_width = bucket_length(config.teacher.max_prompt_tokens, config.teacher.bucket)
     run = Run(
         config=config,
@@ -179,33 +198,6 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         teacher_width=teacher_width,
     )
     return run, params, memory
-
-
-def _batch_arrays(run: Run, rollouts: phases.Rollouts, teacher) -> RolloutBatch:
-    """The host phases' outputs as the train step's padded arrays."""
-    j = rollouts.group_size
-    rows = np.repeat(np.arange(len(rollouts.questions)), j)
-    n = len(rollouts.texts)
-    if teacher is None:
-        teacher_tokens = np.zeros((n, 1), np.int32)
-        teacher_mask = np.ones((n, 1), bool)
-        sample_mask = np.ones((n,), bool)
-    else:
-        teacher_tokens, teacher_mask = phases.tokens_with_width(
-            teacher.prompt_tokens, teacher.prompt_mask, run.teacher_width, run.tokenizer.pad_id
-        )
-        sample_mask = teacher.has_signal
-    return RolloutBatch(
-        prompt_tokens=rollouts.prompt_tokens[rows],
-        prompt_mask=rollouts.prompt_mask[rows],
-        response_tokens=rollouts.tokens.astype(np.int32),
-        response_mask=rollouts.response_mask,
-        sampler_logprobs=rollouts.logprobs,
-        rewards=rollouts.rewards,
-        teacher_tokens=np.asarray(teacher_tokens, np.int32),
-        teacher_mask=np.asarray(teacher_mask, bool),
-        sample_mask=np.asarray(sample_mask, bool),
-    )
 
 
 class MetricsWriter:
@@ -265,7 +257,11 @@ def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
         jsonl_path=run.workdir / "eval" / f"step_{step}.jsonl",
         progress=False,
     )
-    metrics = {"eval/avg_at_k": summary["avg_at_k"], "eval/pass_at_k": summary["pass_at_k"]}
+    metrics = {
+        "eval/avg_at_k": summary["avg_at_k"],
+        "eval/pass_at_k": summary["pass_at_k"],
+        "eval/num_problems": len(run.eval_problems),
+    }
     if memory is not None and schedule.with_memory:
         with_memory = evaluate(
             params,
@@ -317,6 +313,8 @@ def _save(run: Run, manager, step: int, state, memory, iterator, centroids, metr
         "data": pipeline.get_state(iterator),
         "centroids": None if centroids is None else np.asarray(centroids).tolist(),
         "config": to_dict(run.config),
+        # The spike guard's window (newest first): JSON, so older checkpoints still restore.
+        "recent_losses": [float(x) for x in np.asarray(state.recent_losses) if np.isfinite(x)],
     }
     eval_metrics = {k: v for k, v in metrics.items() if k.startswith("eval/")} or None
     checkpoint.save(
@@ -346,6 +344,10 @@ def _restore(run: Run, manager, state, memory, iterator):
         manager, None, params=state.params, train=train, memory=memory
     )
     state = state.replace(params=params, **train)
+    window = np.full(state.recent_losses.shape, np.nan, np.float32)
+    losses = meta.get("recent_losses", [])[: window.size]
+    window[: len(losses)] = losses
+    state = state.replace(recent_losses=jax.device_put(window, state.recent_losses.sharding))
     pipeline.set_state(iterator, meta["data"])
     centroids = meta.get("centroids")
     centroids = None if centroids is None else jnp.asarray(centroids, jnp.float32)
@@ -383,6 +385,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
         width=run.prompt_width,
     )
     times["time/sample"] = time.perf_counter() - start
+    _crash_drill("mid_step", step)
 
     start = time.perf_counter()
     rollouts = phases.verify_rollouts(rollouts, config.verifier)
@@ -463,7 +466,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
 
     start = time.perf_counter()
     if config.ablation != "frozen_policy":
-        arrays = _batch_arrays(run, rollouts, teacher)
+        arrays = phases.rollout_batch(rollouts, teacher, run.teacher_width, run.tokenizer.pad_id)
         state, step_metrics = compiled(state, sharding.shard_batch(arrays, run.mesh))
         metrics.update({k: float(v) for k, v in jax.device_get(step_metrics).items()})
     times["time/update"] = time.perf_counter() - start
@@ -476,13 +479,20 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
     return state, memory, metrics, centroids
 
 
-def train(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Run (or resume) `config` in `workdir`; returns the last step's metrics."""
+def train(
+    config: TrainConfig,
+    workdir: str | pathlib.Path,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Run (or resume) `config` in `workdir`; returns the last step's metrics. `on_step(step,
+    metrics)` runs after each step's metrics are written (benchmarks/soak.py samples there)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
     run, params, memory = setup(config, workdir)
-    state = init_train_state(params, run.optimizer, config.algorithm)
+    state = init_train_state(
+        params, run.optimizer, config.algorithm, run.step_config.loss_spike_window
+    )
     state = jax.device_put(state, sharding.param_shardings(state, run.mesh))
     iterator = pipeline.make_iterator(config.data, "train")
     manager = checkpoint.manager(workdir / "checkpoints", config.checkpoint)
@@ -501,7 +511,10 @@ def train(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, float]:
         file=sys.stdout,
     )
     metrics: dict[str, float] = {}
+    print(expected_cost(config, state.params, run.prompt_width, run.teacher_width), flush=True)
     try:
+        if start_step == 0 and config.eval.initial:
+            writer.write(0, _eval(run, state.params, 0, memory))
         for step in range(start_step + 1, config.total_steps + 1):
             batch = next(iterator)
             if compiled is None and config.ablation != "frozen_policy":
@@ -518,10 +531,14 @@ def train(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, float]:
             every = config.checkpoint.every_steps
             if (every and step % every == 0) or step == config.total_steps:
                 _save(run, manager, step, state, memory, iterator, centroids, metrics)
+                _crash_drill("during_save", step)
+                _crash_drill("after_checkpoint", step, manager)
             bar.update(1)
             bar.set_postfix(
                 reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('train/loss', 0):.4f}"
             )
+            if on_step is not None:
+                on_step(step, metrics)
             if crash_after and step == crash_after:
                 os._exit(17)  # simulate a killed job: no cleanup, pending saves may be lost
     finally:
@@ -529,7 +546,77 @@ def train(config: TrainConfig, workdir: str | pathlib.Path) -> dict[str, float]:
         manager.wait_until_finished()
         manager.close()
         writer.close()
+    if memory is not None:
+        _write_report(workdir)
+    print(summary(workdir, config), flush=True)
     return metrics
+
+
+# Sustained float32 rates measured on the 2-core development machine (SmolLM2-135M): batched
+# decode ~30 GFLOP/s (memory bound), forward + backward ~60 GFLOP/s. Only for the CPU estimate.
+CPU_DECODE_FLOPS = 30e9
+CPU_TRAIN_FLOPS = 60e9
+
+
+def expected_cost(config: TrainConfig, params, prompt_width: int, teacher_width: int) -> str:
+    """One line on the work of a step (and, on CPU, how long it will take roughly)."""
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    rows = config.data.batch_size * config.rollout.num_samples
+    new = config.rollout.max_new_tokens
+    decode = 2 * num_params * rows * new
+    train = 6 * num_params * rows * (prompt_width + new)
+    if config.algorithm != "grpo":
+        train += 2 * num_params * rows * (teacher_width + new)  # teacher forward
+    text = (
+        f"{config.name}: {num_params / 1e6:.0f}M params, {rows} rollouts x <= {new} new tokens "
+        f"per step, {config.total_steps} steps on {jax.device_count()} {jax.default_backend()} "
+        f"device(s)"
+    )
+    if jax.default_backend() != "cpu":
+        return text
+    seconds = decode / CPU_DECODE_FLOPS + train / CPU_TRAIN_FLOPS
+    return (
+        f"{text}. On this CPU expect roughly {seconds / 60:.1f} min per step before memory "
+        f"phases and evals (~{seconds * config.total_steps / 3600:.1f} h in all): CPU runs are "
+        f"for smoke tests; use an accelerator for real runs (README: TPU VM / GPU box)"
+    )
+
+
+def _write_report(workdir: pathlib.Path) -> None:
+    """The memory report of the newest snapshot, next to the run's metrics."""
+    from pmd_jax.memory.report import find_memory_json, write_report
+
+    memory_path = find_memory_json(workdir)
+    write_report(memory_path, workdir / "report.html", workdir / "metrics.jsonl")
+
+
+def summary(workdir: pathlib.Path, config: TrainConfig) -> str:
+    """What a finished run printed last: held-out accuracy at the start and the end, and paths."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/avg_at_k" in r]
+    schedule = config.eval
+    how = f"avg@{schedule.num_samples} at T={schedule.temperature} top-p {schedule.top_p}"
+    if schedule.temperature == 0:
+        how = "greedy"
+    lines = [f"run {config.name} ({config.algorithm}) finished: {workdir}"]
+    if evals:
+        lines.append(
+            f"held-out memory-free accuracy ({config.data.task} {schedule.split}, "
+            f"{int(evals[-1].get('eval/num_problems', 0))} problems, {how}):"
+        )
+        for record in evals:
+            label = "base   " if record["step"] == 0 else f"step {record['step']:<3d}"
+            lines.append(f"  {label} {100 * record['eval/avg_at_k']:5.1f}%")
+        if len(evals) > 1 and evals[0]["step"] == 0:
+            delta = 100 * (evals[-1]["eval/avg_at_k"] - evals[0]["eval/avg_at_k"])
+            lines.append(f"  change {delta:+5.1f} points (base -> step {evals[-1]['step']})")
+    lines.append(
+        f"metrics: {workdir / 'metrics.jsonl'} (TensorBoard: {workdir / 'tb'}), "
+        f"checkpoints: {workdir / 'checkpoints'}"
+    )
+    if (workdir / "report.html").exists():
+        lines.append(f"memory report: {workdir / 'report.html'}")
+    return "\n".join(lines)
 
 
 def _compile(run: Run, state):

@@ -1,0 +1,313 @@
+"""The ablation study of the paper in miniature: every run type on the arith curriculum with
+SmolLM2-135M, the same budget and seeds, then a table and curves of held-out accuracy.
+
+    make ablation                                  # all run types x seeds 0,1,2 (hours on a CPU)
+    make ablation ARGS="--seeds 0 --steps 6"       # a smaller budget
+    make ablation ARGS="--report-only"             # table + curves from the runs already done
+
+Run types (METHOD section 9): base (the starting model: every run's step-0 evaluation), GRPO,
+SDPO, PMD, PMD-transient (memory cleared every step), frozen memory + evolving policy (the
+memory PMD built with the same seed, frozen), evolving memory + frozen policy (evaluated with and
+without retrieved behaviours in the prompt), and PMD's memory granularity (exp, exp+ins; the full
+exp+ins+beh is PMD itself).
+
+Each run is `python -m pmd_jax.train --exp arith` in its own directory `WORKDIR/TYPE/seedS`, so an
+interrupted study resumes: finished runs are skipped, unfinished ones resume from their last
+checkpoint. Writes RESULTS/table.md, RESULTS/curves.png and RESULTS/runs.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results" / "arith"
+EXPERIMENT = "arith"
+
+# Run type -> overrides on top of experiments/arith.py ({memory} = the PMD run's final memory).
+RUN_TYPES: dict[str, tuple[str, ...]] = {
+    "pmd": (),
+    "sdpo": ("algorithm=sdpo",),
+    "grpo": ("algorithm=grpo",),
+    "pmd_transient": ("ablation=pmd_transient",),
+    "frozen_memory": ("ablation=frozen_memory", "frozen_memory_path={memory}"),
+    "frozen_policy": ("ablation=frozen_policy", "eval.with_memory=true"),
+    "pmd_exp": ("granularity=exp",),
+    "pmd_exp_ins": ("granularity=exp+ins",),
+}
+LABELS = {
+    "base": "Base (no training)",
+    "grpo": "GRPO",
+    "sdpo": "SDPO",
+    "pmd": "PMD (exp+ins+beh)",
+    "pmd_transient": "PMD-transient",
+    "frozen_memory": "Frozen memory + evolving policy",
+    "frozen_policy": "Evolving memory + frozen policy",
+    "pmd_exp": "PMD granularity: exp",
+    "pmd_exp_ins": "PMD granularity: exp+ins",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What the study runs: which run types and seeds, with what budget, where."""
+
+    run_types: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    eval_every: int
+    workdir: pathlib.Path
+    extra: tuple[str, ...] = ()  # more --set overrides for every run
+
+    def run_dir(self, run_type: str, seed: int) -> pathlib.Path:
+        return self.workdir / run_type / f"seed{seed}"
+
+
+def overrides(study: Study, run_type: str, seed: int) -> list[str]:
+    """The --set overrides of one run."""
+    memory = study.run_dir("pmd", seed) / "memory" / f"memory_step_{study.steps}.json"
+    items = [
+        f"seed={seed}",
+        f"total_steps={study.steps}",
+        f"eval.every_steps={study.eval_every}",
+        *(item.format(memory=memory) for item in RUN_TYPES[run_type]),
+        *study.extra,
+    ]
+    return items
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash; the resumed run rewrites it
+    return records
+
+
+def is_finished(run_dir: pathlib.Path, steps: int) -> bool:
+    return any(r["step"] == steps and "eval/avg_at_k" in r for r in read_metrics(run_dir))
+
+
+def _wall_seconds(run_dir: pathlib.Path) -> float:
+    path = run_dir / "wall_seconds.json"
+    return json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+
+
+def run_one(study: Study, run_type: str, seed: int, log) -> None:
+    """Train (or resume) one run in a subprocess; its output goes to run_dir/train.log."""
+    run_dir = study.run_dir(run_type, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pmd_jax.train",
+        "--exp",
+        EXPERIMENT,
+        "--workdir",
+        str(run_dir),
+    ]
+    for item in overrides(study, run_type, seed):
+        command += ["--set", item]
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(study.workdir / "jax_cache"))
+    start = time.perf_counter()
+    with open(run_dir / "train.log", "a") as out:
+        out.write(f"$ {shlex.join(command)}\n")
+        out.flush()
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    seconds = _wall_seconds(run_dir) + time.perf_counter() - start
+    (run_dir / "wall_seconds.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    if code != 0:
+        raise RuntimeError(f"{run_type} seed {seed} failed (exit {code}); see {run_dir}/train.log")
+    log(f"  {run_type} seed {seed}: done in {seconds / 60:.1f} min")
+
+
+def run_study(study: Study, log=print) -> None:
+    """Every (seed, run type) not finished yet, PMD before frozen memory (which reads its memory)."""
+    order = sorted(study.run_types, key=lambda t: (t == "frozen_memory", t != "pmd"))
+    todo = [
+        (s, t)
+        for s in study.seeds
+        for t in order
+        if not is_finished(study.run_dir(t, s), study.steps)
+    ]
+    log(f"ablation: {len(todo)} runs to do in {study.workdir} ({study.steps} steps each)")
+    start = time.perf_counter()
+    for done, (seed, run_type) in enumerate(todo):
+        if run_type == "frozen_memory" and not is_finished(study.run_dir("pmd", seed), study.steps):
+            raise RuntimeError(f"frozen_memory seed {seed} needs the finished pmd seed {seed} run")
+        log(f"[{done + 1}/{len(todo)}] {run_type} seed {seed} ...")
+        run_one(study, run_type, seed, log)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (done + 1) * (len(todo) - done - 1)
+        log(f"  elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+
+
+def _evals(records: list[dict], key: str) -> dict[int, float]:
+    return {r["step"]: r[key] for r in records if key in r}
+
+
+def collect(study: Study) -> dict[str, dict[int, dict[int, float]]]:
+    """run type -> seed -> {step: held-out accuracy}; plus "base" (step 0 of every run) and
+    "frozen_policy+memory" (the frozen policy evaluated with behaviours in its prompt)."""
+    curves: dict[str, dict[int, dict[int, float]]] = {}
+    for run_type in study.run_types:
+        for seed in study.seeds:
+            records = read_metrics(study.run_dir(run_type, seed))
+            evals = _evals(records, "eval/avg_at_k")
+            if study.steps not in evals:
+                continue  # unfinished: left out of the table
+            curves.setdefault(run_type, {})[seed] = evals
+            if 0 in evals:
+                curves.setdefault("base", {}).setdefault(seed, {0: evals[0]})
+            if run_type == "frozen_policy":
+                with_memory = _evals(records, "eval/memory_avg_at_k")
+                curves.setdefault("frozen_policy+memory", {})[seed] = with_memory
+    return curves
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    values = 100 * np.asarray(values, float)
+    return f"{values.mean():.1f} +- {values.std():.1f}"
+
+
+def table_rows(curves: dict, steps: int) -> list[tuple[str, int, str, str]]:
+    """(label, seeds, final mean +- std, best mean +- std) per run type, in LABELS order."""
+    rows = []
+    labels = {**LABELS, "frozen_policy+memory": "Evolving memory + frozen policy, memory in prompt"}
+    for run_type, label in labels.items():
+        seeds = curves.get(run_type, {})
+        if not seeds:
+            continue
+        finals = [evals[max(evals)] for evals in seeds.values()]
+        trained = [[v for s, v in evals.items() if s > 0] for evals in seeds.values()]
+        best = _mean_std([max(v) for v in trained]) if all(trained) else "-"
+        rows.append((label, len(seeds), _mean_std(finals), best))
+    return rows
+
+
+def write_table(study: Study, curves: dict, path: pathlib.Path, command: str, wall: float) -> None:
+    rows = table_rows(curves, study.steps)
+    lines = [
+        "# Ablation on the arith curriculum (SmolLM2-135M-Instruct, CPU)",
+        "",
+        f"Command: `{command}`  ",
+        f"Budget per run: {study.steps} steps of experiments/arith.py (4 problems x 4 rollouts "
+        f"at T=0.6); held-out memory-free accuracy, greedy, on the arith test problems the "
+        f"experiment evaluates, every {study.eval_every} steps.  ",
+        f"Seeds asked: {', '.join(map(str, study.seeds))}; the seeds column says how many "
+        f"finished.  ",
+        f"Wall time of the runs (sum): {wall / 3600:.2f} h on {_machine()}; "
+        f"written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        "| Run type | Seeds | Final accuracy % (mean +- std) | Best eval after step 0 % |",
+        "|---|---|---|---|",
+        *(f"| {label} | {n} | {final} | {best} |" for label, n, final, best in rows),
+        "",
+        "Base = every run's step-0 evaluation (greedy, so identical across seeds).",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _machine() -> str:
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
+
+
+def plot_curves(curves: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for run_type in [t for t in LABELS if t in curves and t != "base"]:
+        seeds = curves[run_type]
+        steps = sorted(set.intersection(*(set(e) for e in seeds.values())))
+        values = 100 * np.array([[e[s] for s in steps] for e in seeds.values()])
+        mean, std = values.mean(0), values.std(0)
+        (line,) = axes.plot(steps, mean, marker="o", label=f"{LABELS[run_type]} (n={len(seeds)})")
+        axes.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    axes.set_xlabel("training step")
+    axes.set_ylabel("held-out accuracy % (greedy, memory-free)")
+    axes.set_title("arith curriculum, SmolLM2-135M-Instruct")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def report(study: Study, results: pathlib.Path, command: str) -> None:
+    curves = collect(study)
+    if not curves:
+        raise SystemExit(f"no finished runs under {study.workdir}: nothing to report")
+    results.mkdir(parents=True, exist_ok=True)
+    wall = sum(_wall_seconds(study.run_dir(t, s)) for t in study.run_types for s in study.seeds)
+    write_table(study, curves, results / "table.md", command, wall)
+    plot_curves(curves, results / "curves.png")
+    runs = {t: {str(s): e for s, e in seeds.items()} for t, seeds in curves.items()}
+    (results / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
+    print((results / "table.md").read_text())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--runs", default=",".join(RUN_TYPES), help="comma-separated run types")
+    parser.add_argument("--steps", type=int, default=None, help="default: the experiment's")
+    parser.add_argument("--eval-every", type=int, default=None, help="default: steps // 2")
+    parser.add_argument("--workdir", type=pathlib.Path, default=ROOT / "workdir" / "ablation")
+    parser.add_argument("--results", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--set", action="append", default=[], help="override for every run")
+    parser.add_argument("--report-only", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    from pmd_jax.config import apply_overrides, load_experiment
+
+    run_types = tuple(t for t in args.runs.split(",") if t)
+    unknown = [t for t in run_types if t not in RUN_TYPES]
+    if unknown:
+        raise SystemExit(f"--runs: unknown run types {unknown}; known: {list(RUN_TYPES)}")
+    if "frozen_memory" in run_types and "pmd" not in run_types:
+        raise SystemExit("--runs: frozen_memory needs pmd (it freezes the memory PMD built)")
+    config = apply_overrides(load_experiment(EXPERIMENT), args.set)  # fail early on bad --set
+    steps = args.steps or config.total_steps
+    study = Study(
+        run_types=run_types,
+        seeds=tuple(int(s) for s in args.seeds.split(",") if s),
+        steps=steps,
+        eval_every=args.eval_every or max(1, steps // 2),
+        workdir=args.workdir.resolve(),
+        extra=tuple(args.set),
+    )
+    command = "make ablation" + (
+        f' ARGS="{shlex.join(argv or sys.argv[1:])}"' if (argv or sys.argv[1:]) else ""
+    )
+    if not args.report_only:
+        run_study(study)
+    report(study, args.results, command)
+
+
+if __name__ == "__main__":
+    main()

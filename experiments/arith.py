@@ -1,0 +1,59 @@
+"""arith: the embedded default run. SmolLM2-135M-Instruct learns the arith curriculum with PMD
+on a CPU in about 20 minutes (`make train`, no EXP).
+
+The sizes are chosen for 2 CPU cores, not for the best final accuracy (README "The default run"
+has the measurements behind them):
+- one- and two-step problems only (the base model solves ~35% / ~8% of them greedily; harder
+  levels give groups without a single success, hence no teacher solution to distil);
+- 4 problems x 4 rollouts at T=0.6 (T=1.0 rollouts are almost never right for a 135M model);
+- responses stop after the '#### <answer>' line (max 96 new tokens);
+- teacher prompts fit 512 tokens (question, one solution, a few insights and behaviours);
+- lr 3e-5: ten times the paper's per-step rate, because the run has tens of steps, not hundreds;
+- held-out evaluation: greedy, memory-free, on test problems never trained on, before the first
+  step (the base model) and after the last one.
+
+    make train                                   # = make train EXP=arith
+    make train ARGS="--set algorithm=sdpo"       # the same budget with the SDPO baseline
+"""
+
+from pmd_jax.checkpoint import CheckpointConfig
+from pmd_jax.config import EvalSchedule, ModelSpec, RolloutConfig, TrainConfig
+from pmd_jax.data.arith import ArithConfig
+from pmd_jax.data.pipeline import DataConfig
+from pmd_jax.losses import LossConfig
+from pmd_jax.memory.behaviours import BehaviourConfig
+from pmd_jax.memory.reflect import ReflectConfig
+from pmd_jax.memory.state import MemoryConfig
+from pmd_jax.memory.teacher import TeacherConfig
+from pmd_jax.optimizer import OptimizerConfig
+
+CONFIG = TrainConfig(
+    name="arith",
+    algorithm="pmd",
+    total_steps=8,
+    seed=0,
+    model=ModelSpec(name="smollm2-135m-instruct"),
+    data=DataConfig(
+        task="arith",
+        arith=ArithConfig(max_steps=2, train_size=400, test_size=64),
+        batch_size=4,
+    ),
+    rollout=RolloutConfig(num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=80),
+    memory=MemoryConfig(response_len=80, content_len=64),
+    reflect=ReflectConfig(max_new_tokens=128, batch_size=4),
+    behaviours=BehaviourConfig(
+        num_clusters=2, warmup_steps=2, every_steps=3, max_new_tokens=160, batch_size=2
+    ),
+    teacher=TeacherConfig(max_prompt_tokens=320),
+    loss=LossConfig(alpha=0.5, top_k=100),
+    optimizer=OptimizerConfig(learning_rate=2e-5, warmup_steps=1, micro_batches=2),
+    checkpoint=CheckpointConfig(every_steps=2, keep_last=2, keep_best=1),
+    eval=EvalSchedule(
+        initial=True,
+        num_problems=64,
+        num_samples=1,
+        temperature=0.0,
+        max_new_tokens=80,
+        batch_size=32,
+    ),
+)

@@ -1,0 +1,128 @@
+"""experiments/ablation.py: run order, per-run overrides, and the table/curves built from runs'
+metrics (synthetic metrics.jsonl files; the real study takes hours and is not part of CI)."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from experiments import ablation
+
+
+def _study(tmp_path, run_types=("pmd", "sdpo", "frozen_policy"), seeds=(0, 1), steps=4):
+    return ablation.Study(
+        run_types=tuple(run_types),
+        seeds=tuple(seeds),
+        steps=steps,
+        eval_every=2,
+        workdir=tmp_path,
+    )
+
+
+def _write_run(study, run_type, seed, evals, memory_evals=None, cut=False):
+    run_dir = study.run_dir(run_type, seed)
+    run_dir.mkdir(parents=True)
+    lines = []
+    for step in range(study.steps + 1):
+        record = {"step": step, "reward/mean": 0.1}
+        if step in evals:
+            record["eval/avg_at_k"] = evals[step]
+        if memory_evals and step in memory_evals:
+            record["eval/memory_avg_at_k"] = memory_evals[step]
+        lines.append(json.dumps(record))
+    text = "\n".join(lines) + "\n"
+    if cut:
+        text += '{"step": 5, "eval/av'  # a line cut by a crash
+    (run_dir / "metrics.jsonl").write_text(text)
+
+
+def test_overrides_point_frozen_memory_at_the_pmd_run_of_the_same_seed(tmp_path):
+    study = _study(tmp_path, run_types=("pmd", "frozen_memory"), steps=6)
+    items = ablation.overrides(study, "frozen_memory", 2)
+    expected = tmp_path / "pmd" / "seed2" / "memory" / "memory_step_6.json"
+    assert f"frozen_memory_path={expected}" in items
+    assert "ablation=frozen_memory" in items
+    assert {"seed=2", "total_steps=6", "eval.every_steps=2"} <= set(items)
+    assert ablation.overrides(study, "pmd", 0)[3:] == []
+
+
+def test_every_run_type_is_a_valid_config(tmp_path):
+    from pmd_jax.config import apply_overrides, load_experiment
+
+    base = load_experiment(ablation.EXPERIMENT)
+    study = _study(tmp_path, run_types=tuple(ablation.RUN_TYPES))
+    for run_type in ablation.RUN_TYPES:
+        config = apply_overrides(base, ablation.overrides(study, run_type, 0))
+        assert config.total_steps == 4 and config.seed == 0
+    frozen = apply_overrides(base, ablation.overrides(study, "frozen_policy", 0))
+    assert frozen.ablation == "frozen_policy" and frozen.eval.with_memory
+
+
+def test_unfinished_runs_are_left_out_and_cut_lines_ignored(tmp_path):
+    study = _study(tmp_path)
+    _write_run(study, "pmd", 0, {0: 0.25, 2: 0.5, 4: 0.75}, cut=True)
+    _write_run(study, "pmd", 1, {0: 0.25, 2: 0.25})  # no final eval: unfinished
+    assert ablation.is_finished(study.run_dir("pmd", 0), 4)
+    assert not ablation.is_finished(study.run_dir("pmd", 1), 4)
+    curves = ablation.collect(study)
+    assert curves["pmd"] == {0: {0: 0.25, 2: 0.5, 4: 0.75}}
+    assert curves["base"] == {0: {0: 0.25}}
+
+
+def test_table_rows_give_mean_and_std_of_final_and_best(tmp_path):
+    study = _study(tmp_path)
+    _write_run(study, "pmd", 0, {0: 0.25, 2: 0.5, 4: 0.25})
+    _write_run(study, "pmd", 1, {0: 0.25, 2: 0.375, 4: 0.5})
+    _write_run(study, "sdpo", 0, {0: 0.25, 2: 0.25, 4: 0.125})
+    _write_run(study, "frozen_policy", 0, {0: 0.25, 4: 0.25}, memory_evals={0: 0.25, 4: 0.5})
+    rows = {label: rest for label, *rest in ablation.table_rows(ablation.collect(study), 4)}
+    finals = 100 * np.array([0.25, 0.5])
+    best = 100 * np.array([0.5, 0.5])
+    assert rows["PMD (exp+ins+beh)"] == [
+        2,
+        f"{finals.mean():.1f} +- {finals.std():.1f}",
+        f"{best.mean():.1f} +- {best.std():.1f}",
+    ]
+    assert rows["SDPO"] == [1, "12.5 +- 0.0", "25.0 +- 0.0"]
+    assert rows["Base (no training)"] == [2, "25.0 +- 0.0", "-"]
+    assert rows["Evolving memory + frozen policy, memory in prompt"][1] == "50.0 +- 0.0"
+    assert list(rows)[0] == "Base (no training)"
+
+
+def test_report_writes_table_curves_and_runs(tmp_path):
+    study = _study(tmp_path / "runs")
+    _write_run(study, "pmd", 0, {0: 0.25, 2: 0.5, 4: 0.75})
+    _write_run(study, "sdpo", 0, {0: 0.25, 2: 0.25, 4: 0.5})
+    (study.run_dir("pmd", 0) / "wall_seconds.json").write_text('{"seconds": 1800}')
+    results = tmp_path / "results"
+    ablation.report(study, results, "make ablation")
+    table = (results / "table.md").read_text()
+    assert "Command: `make ablation`" in table
+    assert "| PMD (exp+ins+beh) | 1 | 75.0 +- 0.0 | 75.0 +- 0.0 |" in table
+    assert "Wall time of the runs (sum): 0.50 h" in table
+    assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = json.loads((results / "runs.json").read_text())
+    assert runs["sdpo"]["0"] == {"0": 0.25, "2": 0.25, "4": 0.5}
+
+
+def test_run_order_puts_pmd_before_frozen_memory(tmp_path, monkeypatch):
+    study = _study(tmp_path, run_types=("frozen_memory", "sdpo", "pmd"), seeds=(0,))
+    calls = []
+
+    def fake_run(study, run_type, seed, log):
+        calls.append(run_type)
+        evals = {0: 0.0, 2: 0.0, 4: 0.0}
+        _write_run(study, run_type, seed, evals)
+
+    monkeypatch.setattr(ablation, "run_one", fake_run)
+    ablation.run_study(study, log=lambda _: None)
+    assert calls == ["pmd", "sdpo", "frozen_memory"]
+    ablation.run_study(study, log=lambda _: None)  # everything finished: nothing reruns
+    assert calls == ["pmd", "sdpo", "frozen_memory"]
+
+
+def test_unknown_run_type_is_refused(capsys):
+    with pytest.raises(SystemExit, match="unknown run types"):
+        ablation.main(["--runs", "pmd,dpo", "--report-only"])
+    assert pathlib.Path(ablation.RESULTS).name == "arith"
