@@ -8,11 +8,18 @@ One step directory holds four items:
 
 Saves are asynchronous (orbax writes in a background thread; the next save or `close` waits).
 Retention keeps the newest `keep_last` steps plus the `keep_best` steps with the best eval metric.
+
+A step becomes visible only when complete: orbax writes into `<step>.orbax-checkpoint-tmp-*` and
+renames it to `<step>` (with its `_CHECKPOINT_METADATA`) once every item is on disk, so a killed
+save leaves a tmp directory that restore ignores. A complete step damaged later (a truncated or
+deleted file) makes `restore` warn, move it aside to `<step>.corrupt` and fall back to the next
+newest step; `restore_params` on it raises a `CheckpointError` naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from typing import Any
 
@@ -22,6 +29,17 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 ITEMS = ("params", "train", "memory", "meta")
+CORRUPT_SUFFIX = ".corrupt"  # a step directory that failed to restore is renamed, never deleted
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory exists but cannot be read (missing or truncated files)."""
+
+
+def _describe(err: Exception) -> str:
+    """`Type: first line` of an error, cut to 300 characters (tensorstore appends its spec)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:300]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +129,7 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def restore(
-    mngr: ocp.CheckpointManager, step: int | None, *, params, train, memory
-) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Restore (params, train, memory, meta) at `step` (None = latest) into the structures,
-    shapes, dtypes and shardings of the given targets."""
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+def _restore_step(mngr: ocp.CheckpointManager, step: int, *, params, train, memory):
     args = {
         "params": ocp.args.StandardRestore(_abstract(params)),
         "train": ocp.args.StandardRestore(_abstract(train)),
@@ -131,13 +142,73 @@ def restore(
     return restored["params"], restored["train"], memory_out, restored["meta"]
 
 
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    """Rename a step directory that failed to restore to `<step>.corrupt[.N]` (kept for a
+    post-mortem; out of the manager's sight so the step can be saved again)."""
+    source = pathlib.Path(mngr.directory) / str(step)
+    target = source.with_name(f"{step}{CORRUPT_SUFFIX}")
+    n = 1
+    while target.exists():
+        target, n = source.with_name(f"{step}{CORRUPT_SUFFIX}.{n}"), n + 1
+    if jax.process_index() == 0:
+        source.rename(target)
+    mngr.reload()
+    return target
+
+
+def restore(
+    mngr: ocp.CheckpointManager, step: int | None, *, params, train, memory
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Restore (params, train, memory, meta) at `step` into the structures, shapes, dtypes and
+    shardings of the given targets.
+
+    `step=None` takes the newest step that restores. Newer steps that fail (orbax raises on a
+    missing or truncated file) while an older one restores are logged as warnings naming the
+    directory and the error, and renamed to `<step>.corrupt`. When no step restores, nothing is
+    moved and CheckpointError lists every step's error."""
+    if step is not None:
+        return _restore_step(mngr, step, params=params, train=train, memory=memory)
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
+    failed = []  # (step, error) of newer steps that did not restore
+    for candidate in steps:
+        try:
+            restored = _restore_step(mngr, candidate, params=params, train=train, memory=memory)
+        except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            failed.append((candidate, err))
+            continue
+        # An older step restores with the same targets, so the newer ones are damaged (not a
+        # changed config): move them aside so their steps can be saved again.
+        for bad, err in failed:
+            moved = _set_aside(mngr, bad)
+            logging.warning(
+                "checkpoint %s cannot be restored (%s); moved it to %s, resuming from step %d",
+                pathlib.Path(mngr.directory) / str(bad),
+                _describe(err),
+                moved,
+                candidate,
+            )
+        return restored
+    raise CheckpointError(
+        f"no checkpoint in {mngr.directory} restores into this run's structures (a changed "
+        "config or damaged files):\n"
+        + "\n".join(f"step {bad}: {_describe(err)}" for bad, err in failed)
+    )
+
+
+def _steps(run_dir: pathlib.Path) -> list[int]:
+    """Complete step directories (in-progress saves are `<step>.orbax-checkpoint-tmp-*`)."""
+    return sorted(
+        int(p.name) for p in run_dir.iterdir() if p.name.isdigit() and (p / "params").is_dir()
+    )
+
+
 def _step_dir(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, int]:
     """A run's checkpoint directory (or one step directory) -> (run directory, step)."""
     if (path / "params").is_dir() and path.name.isdigit():
         return path.parent, int(path.name)
-    steps = sorted(
-        int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "params").is_dir()
-    )
+    steps = _steps(path)
     if not steps:
         raise FileNotFoundError(f"{path}: no checkpoint steps (directories <step>/params)")
     if step is None:
@@ -157,9 +228,15 @@ def restore_params(ckpt_dir: str | pathlib.Path, step: int | None = None, target
     run_dir, step = _step_dir(path, step)
     checkpointer = ocp.StandardCheckpointer()
     item = run_dir / str(step) / "params"
-    if target is None:
-        return checkpointer.restore(item)
-    return checkpointer.restore(item, _abstract(target))
+    try:
+        if target is None:
+            return checkpointer.restore(item)
+        return checkpointer.restore(item, _abstract(target))
+    except Exception as err:  # a damaged step: say which one
+        raise CheckpointError(
+            f"checkpoint {item} cannot be restored ({_describe(err)}); "
+            f"a file is missing or truncated: use another step (have {_steps(run_dir)})"
+        ) from err
 
 
 def read_meta(ckpt_dir: str | pathlib.Path, step: int | None = None) -> dict[str, Any]:

@@ -29,6 +29,8 @@ class OptimizerConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # global norm; 0 = off
     micro_batches: int = 1  # gradient accumulation: the batch is split into this many parts
+    loss_spike_factor: float = 0.0  # skip an update when |loss| > this x mean |last W losses|
+    loss_spike_window: int = 8  # W; the guard waits until W finite losses were seen
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -36,6 +38,11 @@ class OptimizerConfig:
         if self.learning_rate < 0 or self.warmup_steps < 0 or self.micro_batches < 1:
             raise ValueError(
                 "OptimizerConfig: learning_rate and warmup_steps must be >= 0, micro_batches >= 1"
+            )
+        if self.loss_spike_factor < 0 or self.loss_spike_window < 1:
+            raise ValueError(
+                f"OptimizerConfig: loss_spike_factor={self.loss_spike_factor} must be >= 0 "
+                f"(0 = off) and loss_spike_window={self.loss_spike_window} >= 1"
             )
 
 

@@ -105,7 +105,7 @@ def _load_model(config: TrainConfig, problems: list[dict], workdir: pathlib.Path
         loaded = scratch_model(spec, problems, workdir / "tokenizer", config.seed)
     else:
         loaded = registry.load(spec.name, param_dtype=spec.param_dtype, dtype=spec.dtype)
-    return loaded
+    return loaded._replace(config=loaded.config.replace(attention_impl=spec.attention_impl))
 
 
 def _records(dataset) -> list[dict]:
@@ -126,6 +126,11 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         len(p.ids) for p in format_prompts(loaded.tokenizer, questions, config.prompt)
     )
     validate_lengths(config, longest_prompt, loaded.config.max_position_embeddings)
+    prompt_width = bucket_length(longest_prompt, config.rollout.prompt_bucket)
+    teacher_width = bucket_length(config.teacher.max_prompt_tokens, config.teacher.bucket)
+    print(
+        expected_cost(config, loaded.params, prompt_width, teacher_width, len(problems)), flush=True
+    )
     if config.model.warm_start_steps > 0:
         from pmd_jax.warm_start import warm_start
 
@@ -176,8 +181,6 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
             memory = set_frozen(memory, True)
         else:
             memory = init_memory(memory_config)
-    prompt_width = bucket_length(longest_prompt, config.rollout.prompt_bucket)
-    teacher_width = bucket_length(config.teacher.max_prompt_tokens, config.teacher.bucket)
     run = Run(
         config=config,
         workdir=workdir,
@@ -511,7 +514,6 @@ def train(
         file=sys.stdout,
     )
     metrics: dict[str, float] = {}
-    print(expected_cost(config, state.params, run.prompt_width, run.teacher_width), flush=True)
     try:
         if start_step == 0 and config.eval.initial:
             writer.write(0, _eval(run, state.params, 0, memory))
@@ -558,8 +560,11 @@ CPU_DECODE_FLOPS = 30e9
 CPU_TRAIN_FLOPS = 60e9
 
 
-def expected_cost(config: TrainConfig, params, prompt_width: int, teacher_width: int) -> str:
-    """One line on the work of a step (and, on CPU, how long it will take roughly)."""
+def expected_cost(
+    config: TrainConfig, params, prompt_width: int, teacher_width: int, num_questions: int
+) -> str:
+    """One line on the work of a step (and, on CPU, how long it will take roughly), printed
+    before setup's one heavy part: embedding every train question for the memory keys."""
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     rows = config.data.batch_size * config.rollout.num_samples
     new = config.rollout.max_new_tokens
@@ -575,9 +580,11 @@ def expected_cost(config: TrainConfig, params, prompt_width: int, teacher_width:
     if jax.default_backend() != "cpu":
         return text
     seconds = decode / CPU_DECODE_FLOPS + train / CPU_TRAIN_FLOPS
+    embed = 2 * num_params * num_questions * prompt_width / CPU_TRAIN_FLOPS
     return (
         f"{text}. On this CPU expect roughly {seconds / 60:.1f} min per step before memory "
-        f"phases and evals (~{seconds * config.total_steps / 3600:.1f} h in all): CPU runs are "
+        f"phases and evals (~{seconds * config.total_steps / 3600:.1f} h in all), after "
+        f"~{embed / 60:.0f} min embedding the {num_questions} train questions: CPU runs are "
         f"for smoke tests; use an accelerator for real runs (README: TPU VM / GPU box)"
     )
 

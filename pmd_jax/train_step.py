@@ -41,12 +41,20 @@ class StepConfig:
     teacher_tau: float = 0.05  # EMA rate; 0 keeps the base teacher
     loss_chunk: int = 128  # time chunk of the distillation logits
     remat: bool = False  # rematerialise each layer in the backward pass
+    loss_spike_factor: float = 0.0  # skip when |loss| > factor x mean |recent loss|; 0 = off
+    loss_spike_window: int = 8  # recent finite losses the spike guard averages
+    nan_grad_at_step: int = 0  # failure drills: this optimizer step's gradients are NaN; 0 = never
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"StepConfig.algorithm={self.algorithm!r}; expected {ALGORITHMS}")
         if not 0.0 <= self.teacher_tau <= 1.0:
             raise ValueError(f"StepConfig.teacher_tau={self.teacher_tau} must be in [0, 1]")
+        if self.loss_spike_factor < 0 or self.loss_spike_window < 1:
+            raise ValueError(
+                f"StepConfig: loss_spike_factor={self.loss_spike_factor} must be >= 0 and "
+                f"loss_spike_window={self.loss_spike_window} >= 1"
+            )
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -56,7 +64,8 @@ class TrainState(flax.struct.PyTreeNode):
     params: dict
     opt_state: optax.OptState
     teacher_params: dict | None
-    skipped_updates: jax.Array  # [] int32, non-finite steps whose update was dropped
+    skipped_updates: jax.Array  # [] int32, steps whose update was dropped (non-finite or spike)
+    recent_losses: jax.Array  # [W] float32, newest first, the last W finite losses (NaN = none)
 
 
 class RolloutBatch(NamedTuple):
@@ -73,8 +82,11 @@ class RolloutBatch(NamedTuple):
     sample_mask: jax.Array  # [N] bool, the teacher has a signal for this sample
 
 
-def init_train_state(params, optimizer: optax.GradientTransformation, algorithm: str) -> TrainState:
-    """Fresh state; the teacher starts as a copy of the student (SDPO/PMD)."""
+def init_train_state(
+    params, optimizer: optax.GradientTransformation, algorithm: str, loss_window: int = 8
+) -> TrainState:
+    """Fresh state; the teacher starts as a copy of the student (SDPO/PMD). `loss_window` is
+    StepConfig.loss_spike_window."""
     teacher = None if algorithm == "grpo" else jax.tree.map(jnp.array, params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -82,6 +94,7 @@ def init_train_state(params, optimizer: optax.GradientTransformation, algorithm:
         opt_state=optimizer.init(params),
         teacher_params=teacher,
         skipped_updates=jnp.zeros((), jnp.int32),
+        recent_losses=jnp.full((loss_window,), jnp.nan, jnp.float32),
     )
 
 
@@ -212,6 +225,25 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves))
 
 
+def loss_spike(loss: jax.Array, recent_losses: jax.Array, factor: float) -> jax.Array:
+    """[] bool: the guard is on, the window [W] is full and |loss| > factor x mean |recent|.
+
+    Magnitudes, because a GRPO loss can be negative; the mean has a 1e-8 floor so an all-zero
+    history does not make every step a spike."""
+    if factor <= 0:
+        return jnp.zeros((), bool)
+    full = jnp.all(jnp.isfinite(recent_losses))
+    reference = jnp.maximum(jnp.mean(jnp.abs(recent_losses)), 1e-8)
+    return full & (jnp.abs(loss) > factor * reference)
+
+
+def _push_loss(recent_losses: jax.Array, loss: jax.Array) -> jax.Array:
+    """Newest first. Spikes enter too: a lasting change of level is accepted after W steps
+    instead of skipping every update from then on."""
+    pushed = jnp.concatenate([loss[None].astype(jnp.float32), recent_losses[:-1]])
+    return jnp.where(jnp.isfinite(loss), pushed, recent_losses)
+
+
 def train_step(
     state: TrainState,
     batch: RolloutBatch,
@@ -220,14 +252,18 @@ def train_step(
     config: StepConfig,
     optimizer: optax.GradientTransformation,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """loss -> grads -> (skip if non-finite) optimizer update -> EMA teacher."""
+    """loss -> grads -> (skip if non-finite or a loss spike) optimizer update -> EMA teacher."""
     loss, metrics, grads = accumulated_grads(
         state.params, state.teacher_params, batch, model_config, config
     )
-    finite = _all_finite(grads) & jnp.isfinite(loss)
+    if config.nan_grad_at_step:
+        poisoned = state.step + 1 == config.nan_grad_at_step
+        grads = jax.tree.map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
+    spike = loss_spike(loss, state.recent_losses, config.loss_spike_factor)
+    apply = _all_finite(grads) & jnp.isfinite(loss) & ~spike
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(apply, new, old))
     params = keep(new_params, state.params)
     opt_state = keep(new_opt_state, state.opt_state)
     teacher = state.teacher_params
@@ -236,13 +272,15 @@ def train_step(
     metrics = dict(metrics)
     metrics["train/loss"] = loss
     metrics["train/grad_norm"] = optax.global_norm(grads)
-    metrics["train/update_skipped"] = (~finite).astype(jnp.float32)
+    metrics["train/update_skipped"] = (~apply).astype(jnp.float32)
+    metrics["train/loss_spike"] = spike.astype(jnp.float32)
     new_state = TrainState(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
         teacher_params=teacher,
-        skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
+        skipped_updates=state.skipped_updates + (~apply).astype(jnp.int32),
+        recent_losses=_push_loss(state.recent_losses, loss),
     )
     return new_state, metrics
 

@@ -73,3 +73,65 @@ def test_restore_params_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no step 7; have \[2\]"):
         checkpoint.restore_params(tmp_path / "run", 7)
     assert checkpoint.read_meta(tmp_path / "run") == {"a": 1}
+
+
+def _two_steps(directory, make_trees=_trees):
+    manager = checkpoint.manager(directory, checkpoint.CheckpointConfig(async_save=False))
+    for step in (1, 2):
+        params, train = make_trees(float(step))
+        checkpoint.save(manager, step, params=params, train=train, memory=None, meta={"s": step})
+    manager.close()
+
+
+def _truncate_largest(directory):
+    victim = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+
+def _big_trees(scale: float):
+    """Random arrays large enough that their data file is the largest file of the item."""
+    params = {"w": jax.random.normal(jax.random.PRNGKey(int(scale)), (64, 64)) * scale}
+    return params, {"step": jnp.asarray(int(scale), jnp.int32)}
+
+
+def test_a_truncated_newest_step_warns_is_kept_aside_and_the_previous_restores(tmp_path, caplog):
+    _two_steps(tmp_path, _big_trees)
+    _truncate_largest(tmp_path / "2" / "params")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{tmp_path}/2/params"):
+        checkpoint.restore_params(tmp_path)
+    manager = checkpoint.manager(tmp_path, checkpoint.CheckpointConfig(async_save=False))
+    zeros = jax.tree.map(jnp.zeros_like, _big_trees(0.0))
+    with caplog.at_level("WARNING"):
+        params, _, _, meta = checkpoint.restore(
+            manager, None, params=zeros[0], train=zeros[1], memory=None
+        )
+    assert meta == {"s": 1}
+    np.testing.assert_array_equal(params["w"], _big_trees(1.0)[0]["w"])
+    assert f"{tmp_path}/2 cannot be restored" in caplog.text
+    assert "resuming from step 1" in caplog.text
+    assert (tmp_path / "2.corrupt" / "params").is_dir()  # moved aside, not deleted
+    assert manager.all_steps() == [1]  # so step 2 can be saved again
+    params, train = _big_trees(2.0)
+    checkpoint.save(manager, 2, params=params, train=train, memory=None, meta={"s": 2})
+    manager.close()
+    np.testing.assert_array_equal(checkpoint.restore_params(tmp_path)["w"], params["w"])
+
+
+def test_a_deleted_file_in_the_newest_step_also_falls_back(tmp_path):
+    _two_steps(tmp_path)
+    (tmp_path / "2" / "train" / "manifest.ocdbt").unlink()
+    manager = checkpoint.manager(tmp_path, checkpoint.CheckpointConfig(async_save=False))
+    zeros = jax.tree.map(jnp.zeros_like, _trees(0.0))
+    *_, meta = checkpoint.restore(manager, None, params=zeros[0], train=zeros[1], memory=None)
+    assert meta == {"s": 1} and (tmp_path / "2.corrupt").is_dir()
+    manager.close()
+
+
+def test_when_no_step_restores_nothing_is_moved_and_every_step_is_named(tmp_path):
+    _two_steps(tmp_path)
+    manager = checkpoint.manager(tmp_path, checkpoint.CheckpointConfig(async_save=False))
+    wrong = {"w": jnp.zeros((5, 5)), "extra": jnp.zeros(2)}  # a changed model, not damage
+    with pytest.raises(checkpoint.CheckpointError, match=r"(?s)step 2: .*step 1: "):
+        checkpoint.restore(manager, None, params=wrong, train=_trees(0.0)[1], memory=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]
+    manager.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from pmd_jax import sharding
 from pmd_jax.losses import LossConfig
 from pmd_jax.model.transformer import init_params
 from pmd_jax.optimizer import OptimizerConfig, make_optimizer
-from pmd_jax.train_step import StepConfig, init_train_state, make_train_step
+from pmd_jax.train_step import StepConfig, init_train_state, loss_spike, make_train_step
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from train_step_parity import MODEL, random_batch  # noqa: E402
@@ -132,3 +133,75 @@ def test_all_masked_batch_gives_zero_loss_and_zero_grads(algorithm):
     np.testing.assert_array_equal(
         new.params["final_norm"]["scale"], old.params["final_norm"]["scale"]
     )
+
+
+def test_loss_spike_needs_a_full_window_and_compares_magnitudes():
+    window = jnp.asarray([1.0, -1.0, 1.0, np.nan])
+    assert not loss_spike(jnp.asarray(100.0), window, 2.0)  # 3 of 4 losses seen: guard waits
+    full = jnp.asarray([1.0, -1.0, 1.0, -1.0])  # mean |loss| = 1
+    assert loss_spike(jnp.asarray(-2.5), full, 2.0)
+    assert not loss_spike(jnp.asarray(1.9), full, 2.0)
+    assert not loss_spike(jnp.asarray(100.0), full, 0.0)  # factor 0 = off
+
+
+def _guarded_run():
+    """One compiled PMD step with the spike guard (factor 2, window 3) and NaN gradients at
+    step 2, and a fresh state whose window can be set: `(step, fresh(window), batch)`."""
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), jax.devices()[:1])
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=0), 10)
+    config = StepConfig(
+        algorithm="pmd",
+        loss=LossConfig(top_k=5),
+        group_size=4,
+        loss_chunk=4,
+        loss_spike_factor=2.0,
+        loss_spike_window=3,
+        nan_grad_at_step=2,
+    )
+
+    def fresh(window):
+        params = init_params(MODEL, jax.random.PRNGKey(0))
+        state = init_train_state(params, optimizer, "pmd", config.loss_spike_window)
+        return state.replace(recent_losses=jnp.asarray(window, jnp.float32))
+
+    batch = random_batch(6)
+    step = make_train_step(MODEL, config, optimizer, mesh, fresh([np.nan] * 3), batch)
+    return step, fresh, batch
+
+
+def _call(step, state, batch):
+    """(state before as numpy, state after as numpy, metrics as floats); `state` is donated."""
+    old = jax.tree.map(np.asarray, state)
+    new, metrics = step(state, batch)
+    return old, new, jax.tree.map(float, metrics)
+
+
+def _same(a, b) -> bool:
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
+
+
+def test_spike_guard_skips_a_spike_and_nan_drill_poisons_only_its_step():
+    step, fresh, batch = _guarded_run()
+    # Window not full yet: no guard; step 1 is not the NaN step. The update applies.
+    old, first, metrics = _call(step, fresh([np.nan] * 3), batch)
+    loss = metrics["train/loss"]
+    assert loss > 0 and metrics["train/update_skipped"] == 0.0
+    assert not _same(old.params, first.params)
+    np.testing.assert_array_equal(first.recent_losses, np.float32([loss, np.nan, np.nan]))
+    # The same loss against a window of loss / 4: a spike (loss > 2 x mean), skipped.
+    old, new, metrics = _call(step, fresh([loss / 4] * 3), batch)
+    assert metrics["train/loss_spike"] == 1.0 and metrics["train/update_skipped"] == 1.0
+    assert int(new.skipped_updates) == 1
+    assert _same(old.params, new.params) and _same(old.opt_state, new.opt_state)
+    np.testing.assert_array_equal(new.recent_losses, np.float32([loss, loss / 4, loss / 4]))
+    # Against a window of `loss` itself: no spike, the update applies.
+    old, new, metrics = _call(step, fresh([loss] * 3), batch)
+    assert metrics["train/loss_spike"] == 0.0 and int(new.skipped_updates) == 0
+    assert not _same(old.params, new.params)
+    # Step 2 of the first run is the NaN drill's: finite loss, NaN gradients, update dropped.
+    old, new, metrics = _call(step, first, batch)
+    assert int(new.step) == 2 and metrics["train/update_skipped"] == 1.0
+    assert np.isfinite(metrics["train/loss"]) and np.isnan(metrics["train/grad_norm"])
+    assert metrics["train/loss_spike"] == 0.0 and int(new.skipped_updates) == 1
+    assert _same(old.params, new.params) and _same(old.opt_state, new.opt_state)
