@@ -34,7 +34,7 @@ bench-sampler: $(STAMP)
 	$(BIN)/python -m benchmarks.sampler
 
 lint: $(STAMP)
-	$(BIN)/ruff check pmd_jax kernels experiments tests benchmarks
+	$(BIN)/ruff check pmd_jax kernels experiments tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -35,7 +35,7 @@ CONFIG = TrainConfig(
     model=ModelSpec(name="smollm2-135m-instruct"),
     data=DataConfig(
         task="arith",
-        arith=ArithConfig(max_steps=2, train_size=400, test_size=64),
+        arith=ArithConfig(max_steps=2, train_size=128, test_size=64),
         batch_size=4,
     ),
     rollout=RolloutConfig(num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=80),
@@ -46,7 +46,7 @@ CONFIG = TrainConfig(
     ),
     teacher=TeacherConfig(max_prompt_tokens=320),
     loss=LossConfig(alpha=0.5, top_k=100),
-    optimizer=OptimizerConfig(learning_rate=2e-5, warmup_steps=1, micro_batches=2),
+    optimizer=OptimizerConfig(learning_rate=2e-5, warmup_steps=1, micro_batches=4),
     checkpoint=CheckpointConfig(every_steps=2, keep_last=2, keep_best=1),
     eval=EvalSchedule(
         initial=True,

@@ -42,6 +42,7 @@ class ModelSpec:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; "bfloat16" keeps float32 master weights
     remat: bool = False
+    attention_impl: str = "xla"  # training/prefill attention: naive | xla | cudnn (GPU) | splash (TPU)
     # scratch only
     vocab_size: int = 512
     hidden_size: int = 64
