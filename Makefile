@@ -13,7 +13,7 @@ WORKDIR ?= workdir/$(EXP)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all bench-sampler lint clean
+.PHONY: install test test-all bench bench-sampler lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+# Every benchmark, then BENCHMARKS.md: make bench [ARGS="--full" | "--only sampler train_step"]
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all $(ARGS)
 
 bench-sampler: $(STAMP)
 	$(BIN)/python -m benchmarks.sampler
