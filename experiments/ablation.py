@@ -6,9 +6,9 @@ SmolLM2-135M, the same budget and seeds, then a table and curves of held-out acc
     make ablation ARGS="--report-only"             # table + curves from the runs already done
 
 Run types (METHOD section 9): base (the starting model: every run's step-0 evaluation), GRPO,
-SDPO, PMD, PMD-transient (memory cleared every step), frozen memory + evolving policy (the
-memory PMD built with the same seed, frozen), evolving memory + frozen policy (evaluated with and
-without retrieved behaviours in the prompt), and PMD's memory granularity (exp, exp+ins; the full
+SDPO, PMD, PMD-transient (memory cleared every step), evolving memory + frozen policy (evaluated
+with and without retrieved behaviours in the prompt), frozen memory + evolving policy (the memory
+the frozen-policy run built with the same seed, frozen while the policy trains), and PMD's memory granularity (exp, exp+ins; the full
 exp+ins+beh is PMD itself).
 
 Each run is `python -m pmd_jax.train --exp arith` in its own directory `WORKDIR/TYPE/seedS`, so an
@@ -37,7 +37,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "arith"
 EXPERIMENT = "arith"
 
-# Run type -> overrides on top of experiments/arith.py ({memory} = the PMD run's final memory).
+# Run type -> overrides on top of experiments/arith.py ({memory} = the final memory of the frozen
+# policy run of the same seed: METHOD section 7 builds the frozen memory with the frozen policy).
 RUN_TYPES: dict[str, tuple[str, ...]] = {
     "pmd": (),
     "sdpo": ("algorithm=sdpo",),
@@ -78,7 +79,7 @@ class Study:
 
 def overrides(study: Study, run_type: str, seed: int) -> list[str]:
     """The --set overrides of one run."""
-    memory = study.run_dir("pmd", seed) / "memory" / f"memory_step_{study.steps}.json"
+    memory = study.run_dir("frozen_policy", seed) / "memory" / f"memory_step_{study.steps}.json"
     items = [
         f"seed={seed}",
         f"total_steps={study.steps}",
@@ -141,7 +142,8 @@ def run_one(study: Study, run_type: str, seed: int, log) -> None:
 
 
 def run_study(study: Study, log=print) -> None:
-    """Every (seed, run type) not finished yet, PMD before frozen memory (which reads its memory)."""
+    """Every (seed, run type) not finished yet; PMD first, frozen memory after the frozen-policy
+    run whose memory it reads."""
     order = sorted(study.run_types, key=lambda t: (t == "frozen_memory", t != "pmd"))
     todo = [
         (s, t)
@@ -152,8 +154,9 @@ def run_study(study: Study, log=print) -> None:
     log(f"ablation: {len(todo)} runs to do in {study.workdir} ({study.steps} steps each)")
     start = time.perf_counter()
     for done, (seed, run_type) in enumerate(todo):
-        if run_type == "frozen_memory" and not is_finished(study.run_dir("pmd", seed), study.steps):
-            raise RuntimeError(f"frozen_memory seed {seed} needs the finished pmd seed {seed} run")
+        source = study.run_dir("frozen_policy", seed)
+        if run_type == "frozen_memory" and not is_finished(source, study.steps):
+            raise RuntimeError(f"frozen_memory seed {seed} needs the finished frozen_policy run")
         log(f"[{done + 1}/{len(todo)}] {run_type} seed {seed} ...")
         run_one(study, run_type, seed, log)
         elapsed = time.perf_counter() - start
@@ -289,8 +292,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [t for t in run_types if t not in RUN_TYPES]
     if unknown:
         raise SystemExit(f"--runs: unknown run types {unknown}; known: {list(RUN_TYPES)}")
-    if "frozen_memory" in run_types and "pmd" not in run_types:
-        raise SystemExit("--runs: frozen_memory needs pmd (it freezes the memory PMD built)")
+    if "frozen_memory" in run_types and "frozen_policy" not in run_types:
+        raise SystemExit("--runs: frozen_memory needs frozen_policy (it freezes that run's memory)")
     config = apply_overrides(load_experiment(EXPERIMENT), args.set)  # fail early on bad --set
     steps = args.steps or config.total_steps
     study = Study(

@@ -37,10 +37,10 @@ def _write_run(study, run_type, seed, evals, memory_evals=None, cut=False):
     (run_dir / "metrics.jsonl").write_text(text)
 
 
-def test_overrides_point_frozen_memory_at_the_pmd_run_of_the_same_seed(tmp_path):
-    study = _study(tmp_path, run_types=("pmd", "frozen_memory"), steps=6)
+def test_overrides_point_frozen_memory_at_the_frozen_policy_run_of_the_same_seed(tmp_path):
+    study = _study(tmp_path, run_types=("frozen_policy", "frozen_memory"), steps=6)
     items = ablation.overrides(study, "frozen_memory", 2)
-    expected = tmp_path / "pmd" / "seed2" / "memory" / "memory_step_6.json"
+    expected = tmp_path / "frozen_policy" / "seed2" / "memory" / "memory_step_6.json"
     assert f"frozen_memory_path={expected}" in items
     assert "ablation=frozen_memory" in items
     assert {"seed=2", "total_steps=6", "eval.every_steps=2"} <= set(items)
@@ -106,8 +106,10 @@ def test_report_writes_table_curves_and_runs(tmp_path):
     assert runs["sdpo"]["0"] == {"0": 0.25, "2": 0.25, "4": 0.5}
 
 
-def test_run_order_puts_pmd_before_frozen_memory(tmp_path, monkeypatch):
-    study = _study(tmp_path, run_types=("frozen_memory", "sdpo", "pmd"), seeds=(0,))
+def test_run_order_puts_frozen_memory_after_the_run_it_reads(tmp_path, monkeypatch):
+    study = _study(
+        tmp_path, run_types=("frozen_memory", "sdpo", "pmd", "frozen_policy"), seeds=(0,)
+    )
     calls = []
 
     def fake_run(study, run_type, seed, log):
@@ -117,9 +119,9 @@ def test_run_order_puts_pmd_before_frozen_memory(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ablation, "run_one", fake_run)
     ablation.run_study(study, log=lambda _: None)
-    assert calls == ["pmd", "sdpo", "frozen_memory"]
+    assert calls == ["pmd", "sdpo", "frozen_policy", "frozen_memory"]
     ablation.run_study(study, log=lambda _: None)  # everything finished: nothing reruns
-    assert calls == ["pmd", "sdpo", "frozen_memory"]
+    assert calls == ["pmd", "sdpo", "frozen_policy", "frozen_memory"]
 
 
 def test_unknown_run_type_is_refused(capsys):
