@@ -227,6 +227,9 @@ def write_table(study: Study, curves: dict, path: pathlib.Path, command: str, wa
         "",
         "Base = every run's step-0 evaluation (greedy, so identical across seeds).",
     ]
+    missing = [t for t in study.run_types if t not in curves]
+    if missing:
+        lines.append(f"Asked but not finished (no row): {', '.join(missing)}.")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -304,9 +307,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         workdir=args.workdir.resolve(),
         extra=tuple(args.set),
     )
-    command = "make ablation" + (
-        f' ARGS="{shlex.join(argv or sys.argv[1:])}"' if (argv or sys.argv[1:]) else ""
-    )
+    asked = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    command = "make ablation" + (f' ARGS="{shlex.join(asked)}"' if asked else "")
+    if args.report_only:
+        command += " (this table rebuilt from its finished runs with --report-only)"
     if not args.report_only:
         run_study(study)
     report(study, args.results, command)

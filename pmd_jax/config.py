@@ -148,7 +148,11 @@ def load_experiment(name_or_path: str) -> TrainConfig:
     if path.suffix != ".py":
         path = EXPERIMENTS_DIR / f"{name_or_path}.py"
     if not path.is_file():
-        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+        known = sorted(
+            p.stem
+            for p in EXPERIMENTS_DIR.glob("[!_]*.py")
+            if "\nCONFIG = " in p.read_text()  # configs, not drivers such as ablation.py
+        )
         raise FileNotFoundError(f"experiment {name_or_path!r}: no file {path}; known: {known}")
     spec = importlib.util.spec_from_file_location(f"pmd_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
