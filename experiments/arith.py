@@ -40,9 +40,19 @@ CONFIG = TrainConfig(
     ),
     rollout=RolloutConfig(num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=80),
     memory=MemoryConfig(response_len=80, content_len=64),
-    reflect=ReflectConfig(max_new_tokens=128, batch_size=4),
+    # Fixed prompt widths: the reflection / evolution samplers compile once per run. 768 covers the
+    # longest reflection prompt this config can build (2 successes + 2 failures of 80 tokens
+    # with the longest feedback: 745 tokens); evolution prompts are cut to 1024 by
+    # max_prompt_tokens.
+    reflect=ReflectConfig(max_new_tokens=128, batch_size=4, prompt_width=768),
     behaviours=BehaviourConfig(
-        num_clusters=2, warmup_steps=2, every_steps=3, max_new_tokens=160, batch_size=2
+        num_clusters=2,
+        warmup_steps=2,
+        every_steps=3,
+        max_new_tokens=160,
+        batch_size=2,
+        max_prompt_tokens=1024,
+        prompt_width=1024,
     ),
     teacher=TeacherConfig(max_prompt_tokens=320),
     loss=LossConfig(alpha=0.5, top_k=100),

@@ -44,8 +44,12 @@ CONFIG = TrainConfig(
     data=DataConfig(task="gsm8k", batch_size=BATCH_PROMPTS),
     rollout=RolloutConfig(num_samples=8, temperature=1.0, top_p=1.0, max_new_tokens=512),
     memory=MemoryConfig(response_len=512),
-    reflect=ReflectConfig(max_new_tokens=384, batch_size=32),
-    behaviours=BehaviourConfig(num_clusters=8, warmup_steps=10, every_steps=STEPS_PER_EPOCH),
+    # Fixed prompt widths (one sampler program each per run): evolution prompts are cut to
+    # max_prompt_tokens (2048); reflection prompts show <= 4 attempts of <= 600 characters.
+    reflect=ReflectConfig(max_new_tokens=384, batch_size=32, prompt_width=1536),
+    behaviours=BehaviourConfig(
+        num_clusters=8, warmup_steps=10, every_steps=STEPS_PER_EPOCH, prompt_width=2048
+    ),
     teacher=TeacherConfig(max_prompt_tokens=2048),
     loss=LossConfig(alpha=0.5, top_k=100),
     optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=10, grad_clip=1.0),

@@ -62,6 +62,7 @@ CONFIG = TrainConfig(
         max_failures_shown=1,
         max_response_chars=200,
         temperature=0.0,  # greedy: a 2-layer model's formats hold best at its mode
+        prompt_width=384,  # above the longest prompt (measured 313): one sampler program per run
     ),
     behaviours=BehaviourConfig(
         num_clusters=2,
@@ -70,6 +71,8 @@ CONFIG = TrainConfig(
         max_new_tokens=96,
         batch_size=2,
         temperature=0.0,
+        max_prompt_tokens=640,
+        prompt_width=640,  # = max_prompt_tokens: every evolver prompt fits (measured <= 496)
     ),
     teacher=TeacherConfig(max_prompt_tokens=768),
     loss=LossConfig(top_k=20),

@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.transformer import Transformer, positions_from_mask
@@ -39,8 +40,9 @@ def embed_texts(
     batch_size: int = 32,
     max_tokens: int = 256,
     bucket: int = 64,
-) -> jax.Array:
-    """Embed plain texts (truncated to `max_tokens`) in fixed-size batches -> [len(texts), D]."""
+) -> np.ndarray:
+    """Embed plain texts (truncated to `max_tokens`) in fixed-size batches -> [len(texts), D]
+    float32 numpy (on the host)."""
     from pmd_jax.sampling import left_pad
 
     chunks = []
@@ -48,7 +50,9 @@ def embed_texts(
         ids = [tokenizer.encode(text)[:max_tokens] for text in texts[start : start + batch_size]]
         ids += [[]] * (batch_size - len(ids))  # constant batch shape: one compile
         tokens, mask = left_pad(ids, tokenizer.pad_id, bucket=bucket)
-        chunks.append(embed_tokens(params, config, tokens, mask)[: len(texts) - start])
+        # Cut on the host: an on-device slice would compile once per short-batch size.
+        chunks.append(np.asarray(embed_tokens(params, config, tokens, mask))[: len(texts) - start])
     if not chunks:
-        return jnp.zeros((0, config.hidden_size), jnp.float32)
-    return jnp.concatenate(chunks, axis=0)
+        return np.zeros((0, config.hidden_size), np.float32)
+    # Host array: a device copy of each new row count would be one more compiled program.
+    return np.concatenate(chunks, axis=0)

@@ -44,7 +44,7 @@ from pmd_jax.sampling import SampleConfig, left_pad, response_token_lists, sampl
 from pmd_jax.train_step import RolloutBatch
 from pmd_jax.verify import VerifierConfig, verify_batch
 
-EmbedFn = Callable[[list[str]], jax.Array]
+EmbedFn = Callable[[list[str]], np.ndarray]  # texts [N] -> unit embeddings [N, D] (host)
 
 
 @dataclasses.dataclass
@@ -288,6 +288,7 @@ def teacher_prompts(
         config,
         system_prompt(prompt_config),
         group_size=rollouts.group_size,
+        chat_format=prompt_config.chat_format,
     )
 
 

@@ -283,19 +283,22 @@ def generate_texts(
     batch_size: int = 16,
     bucket: int = 64,
     max_prompt_tokens: int | None = None,
+    min_width: int = 0,
 ) -> list[str]:
     """Decoded responses for prompt id lists (J = config.num_samples per prompt, prompt-major).
 
     Calls `sample` in fixed-shape batches (the last one filled with repeats that are dropped) with
-    every prompt padded to one bucketed width, so a call compiles once per (width, config). Prompts
-    longer than `max_prompt_tokens` raise: the caller decides how to shorten its own text.
+    every prompt padded to one bucketed width, at least `min_width`, so a call compiles once per
+    (width, config): with `min_width` above the longest prompt a caller's every call has the same
+    shape. Prompts longer than `max_prompt_tokens` raise: the caller decides how to shorten its
+    own text.
     """
     if not prompts:
         return []
     longest = max(len(p) for p in prompts)
     if max_prompt_tokens is not None and longest > max_prompt_tokens:
         raise ValueError(f"generate_texts: a prompt has {longest} > {max_prompt_tokens} tokens")
-    width = bucket_length(longest, bucket)
+    width = max(bucket_length(longest, bucket), min_width)
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [list(p) for p in prompts[start : start + batch_size]]

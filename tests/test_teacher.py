@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pmd_jax import memory as mem
+from pmd_jax.data.prompts import PromptConfig, format_prompts, system_prompt
 from pmd_jax.memory import teacher
 from pmd_jax.memory.teacher import MemoryView, TeacherConfig, build_teacher_prompts
 from pmd_jax.tokenizer import format_chat
@@ -567,3 +568,82 @@ def test_injected_markers_stay_text_with_the_smollm2_tokenizer(smollm2_gguf_path
         assert evil in tokenizer.decode(ids, skip_special=False)
     for rewards in ([0.0, 0.0], [0.0, 1.0]):
         _check_no_role_opens(tokenizer, evil, [evil] * 7, rewards)
+
+
+# --- layout="system": the blocks in the system turn, the question as the student's user turn
+
+
+def test_system_layout_golden_prompt(arith_tokenizer):
+    batch = _build(arith_tokenizer, RESPONSES, REWARDS, FEEDBACKS, [VIEW], layout="system")
+    help_row0 = "\n\n".join([teacher.SYSTEM_HELP_HEADING, STRATEGIES, LESSONS, BEHAVIOURS, SIBLING])
+    assert batch.texts[0] == help_row0
+    assert arith_tokenizer.decode(_unpadded(batch, 0), skip_special=False) == (
+        f"<|im_start|>system\n{SYSTEM}\n\n{help_row0}<|im_end|>\n"
+        f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # row 1 has no sibling success but a stored one (not its own text): shown in its place
+    assert batch.shown_blocks[1] == (
+        "problem",
+        "strategies",
+        "lessons",
+        "behaviours",
+        "stored_solution",
+        "closing",
+    )
+
+
+def test_system_layout_with_nothing_shown_is_the_student_prompt(arith_tokenizer):
+    config = PromptConfig()
+    # sdpo mode, the only rollout succeeded: no sibling, no feedback -> no block at all
+    batch = build_teacher_prompts(
+        arith_tokenizer,
+        [QUESTION],
+        [RIGHT],
+        [1.0],
+        [""],
+        None,
+        TeacherConfig(mode="sdpo", layout="system"),
+        system_prompt(config),
+        group_size=1,
+    )
+    student = format_prompts(arith_tokenizer, [QUESTION], config)[0]
+    assert _unpadded(batch, 0) == list(student.ids)
+    assert batch.shown_blocks[0] == ("problem", "closing") and not batch.has_signal[0]
+
+
+def test_system_layout_ends_with_the_students_user_turn(arith_tokenizer):
+    """With blocks shown, the ids after the system turn equal the student's (same question)."""
+    batch = _build(arith_tokenizer, RESPONSES, REWARDS, FEEDBACKS, [VIEW], layout="system")
+    student = _ids(arith_tokenizer, QUESTION)
+    user_turn = format_chat(arith_tokenizer, [("user", QUESTION)]).ids
+    for row in range(2):
+        ids = _unpadded(batch, row)
+        assert ids[-len(user_turn) :] == list(user_turn) == student[-len(user_turn) :]
+
+
+def test_system_layout_budget_drops_in_the_same_order(arith_tokenizer):
+    full = _build(arith_tokenizer, RESPONSES, REWARDS, FEEDBACKS, [VIEW], layout="system")
+    budget = int(full.prompt_lengths[0]) - 1
+    batch = _build(
+        arith_tokenizer,
+        RESPONSES,
+        REWARDS,
+        FEEDBACKS,
+        [VIEW],
+        layout="system",
+        max_prompt_tokens=budget,
+    )
+    # the stored solution is not shown for row 0 (it has a sibling); behaviours go first
+    assert batch.shown_blocks[0] == (
+        "problem",
+        "strategies",
+        "lessons",
+        "sibling_solution",
+        "closing",
+    )
+    assert batch.prompt_lengths[0] <= budget
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="layout='side'"):
+        TeacherConfig(layout="side")

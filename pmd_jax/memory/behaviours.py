@@ -35,7 +35,7 @@ import numpy as np
 from pmd_jax import sampling
 from pmd_jax.memory import ops
 from pmd_jax.memory.behaviour_parse import Action, parse_behaviour_actions
-from pmd_jax.memory.kmeans import kmeans
+from pmd_jax.memory.kmeans import kmeans, seed_centroids
 from pmd_jax.memory.state import (
     LESSON,
     NEW,
@@ -80,6 +80,9 @@ class BehaviourConfig:
     question_chars: int = 400  # a longer question (or note) is cut, "..." appended
     note_chars: int = 240  # one insight or experience note
     max_prompt_tokens: int = 2048  # questions are dropped from a summary until a prompt fits
+    # Evolver prompts are padded to at least this width (0: their 64-token bucket). Above the
+    # longest prompt, the evolver's sampler compiles once per run (ReflectConfig.prompt_width).
+    prompt_width: int = 0
 
     def __post_init__(self):
         if self.scope not in SCOPES:
@@ -91,7 +94,13 @@ class BehaviourConfig:
         for name in ("num_clusters", "questions_per_cluster", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"BehaviourConfig.{name}={getattr(self, name)} must be >= 1")
-        for name in ("warmup_steps", "every_steps", "insights_per_question", "retrieve_existing"):
+        for name in (
+            "warmup_steps",
+            "every_steps",
+            "insights_per_question",
+            "retrieve_existing",
+            "prompt_width",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"BehaviourConfig.{name}={getattr(self, name)} must be >= 0")
         if self.max_actions_per_cluster < 0 or self.kmeans_iters < 0:
@@ -374,7 +383,7 @@ def _cluster_prompts(
 
 def _empty_stats() -> dict[str, int]:
     keys = ["clusters", "cold_starts", "parse_failures", "items_dropped", "names_truncated"]
-    keys += ["actions_new", "actions_update", "actions_remove"]
+    keys += ["actions_new", "actions_update", "actions_remove", "over_width"]
     keys += [f"applied_{name}" for name in STATUS_NAMES]
     return {f"behaviour/{key}": 0 for key in keys}
 
@@ -405,6 +414,8 @@ def evolve_behaviours(
         )
     kmeans_rng, sample_rng = jax.random.split(rng)
     num_clusters = min(config.num_clusters, len(questions))
+    if init_centroids is None:  # the first round: k-means++ seeds, then the same program as later
+        init_centroids = seed_centroids(embeddings, num_clusters, kmeans_rng)
     centroids, assignment = kmeans(
         embeddings, num_clusters, kmeans_rng, config.kmeans_iters, init_centroids
     )
@@ -434,10 +445,18 @@ def evolve_behaviours(
         stop_ids=tuple(tokenizer.stop_ids),
         pad_id=tokenizer.pad_id,
     )
-    # Batch no wider than the prompts: padding rows cost full decode time on CPU.
-    batch_size = min(config.batch_size, len(prompts))
+    longest = max(len(prompt) for prompt in prompts)
+    stats["behaviour/over_width"] = int(bool(config.prompt_width) and longest > config.prompt_width)
+    # Always config.batch_size rows (a short batch is filled with repeats): one program per run.
     outputs = sampling.generate_texts(
-        params, model_config, tokenizer, prompts, sample_config, sample_rng, batch_size=batch_size
+        params,
+        model_config,
+        tokenizer,
+        prompts,
+        sample_config,
+        sample_rng,
+        batch_size=config.batch_size,
+        min_width=config.prompt_width,
     )
     pending = []
     for record, generated in zip(records, outputs, strict=True):
@@ -456,9 +475,10 @@ def evolve_behaviours(
     stats["behaviour/items_dropped"] += len(pending) - used
     for code, op in ((NEW, "new"), (UPDATE, "update"), (REMOVE, "remove")):
         stats[f"behaviour/actions_{op}"] = int(np.sum(actions.op == code))
-    if used:
-        state, outcome = ops.apply_behaviour_actions(state, memory_config, actions, step)
-        status = np.asarray(outcome.status)[:used]
-        for code, name in enumerate(STATUS_NAMES):
-            stats[f"behaviour/applied_{name}"] = int(np.sum(status == code))
+    # Applied even when no row is used (all NOOP, state unchanged): the program is compiled at
+    # the first evolution, not at the first one that parses.
+    state, outcome = ops.apply_behaviour_actions(state, memory_config, actions, step)
+    status = np.asarray(outcome.status)[:used]
+    for code, name in enumerate(STATUS_NAMES):
+        stats[f"behaviour/applied_{name}"] = int(np.sum(status == code))
     return EvolveOutput(state, stats, records, centroids)

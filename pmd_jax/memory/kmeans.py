@@ -58,6 +58,14 @@ def kmeans_plus_plus(points: jax.Array, num_clusters: int, rng: jax.Array) -> ja
     return indices
 
 
+@functools.partial(jax.jit, static_argnames=("num_clusters",))
+def seed_centroids(points: jax.Array, num_clusters: int, rng: jax.Array) -> jax.Array:
+    """k-means++ initial centroids [K, D] (unit) of points [N, D]: what `kmeans` starts from when
+    given no init_centroids. Passing them explicitly keeps every round one compiled program."""
+    points = unit(jnp.asarray(points, jnp.float32))
+    return points[kmeans_plus_plus(points, num_clusters, rng)]
+
+
 def assign(points: jax.Array, centroids: jax.Array) -> jax.Array:
     """points [N, D], centroids [K, D] -> cluster of highest cosine per point [N] int32."""
     return jnp.argmax(_cos(points, centroids), axis=1).astype(jnp.int32)

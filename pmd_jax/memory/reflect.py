@@ -216,7 +216,8 @@ def reflect(
     """Sample one reflection per request with `params` (the reflector), parse and filter.
 
     stats: "reflect/requests", "reflect/parsed", "reflect/parse_failures" (parsed + failures =
-    requests), "reflect/items" (kept), "reflect/duplicates", "shortcut/<reason>" (dropped).
+    requests), "reflect/items" (kept), "reflect/duplicates", "shortcut/<reason>" (dropped),
+    "reflect/over_width" (prompts longer than config.prompt_width, when set).
     """
     generated = generate_texts(
         params,
@@ -227,8 +228,12 @@ def reflect(
         rng,
         batch_size=config.batch_size,
         bucket=config.prompt_bucket,
+        min_width=config.prompt_width,
     )
     stats = {"reflect/requests": 0, "reflect/parsed": 0, "reflect/parse_failures": 0}
+    stats["reflect/over_width"] = sum(len(r.prompt_ids) > config.prompt_width for r in requests)
+    if not config.prompt_width:
+        stats["reflect/over_width"] = 0
     stats |= {"reflect/items": 0, "reflect/duplicates": 0}
     stats |= {f"shortcut/{reason}": 0 for reason in SHORTCUT_REASONS}
     items_per_request, raw_texts = [], []
@@ -266,16 +271,21 @@ def insights_to_memory(
     pairs = zip(problem_ids, items_per_request, strict=True)
     rows = [(pid, item) for pid, items in pairs for item in items]
     stats = {"reflect/inserted": 0, "reflect/rejected_novelty": 0, "reflect/rejected_redundant": 0}
-    if not rows:
-        return state, stats
-    size = -(-len(rows) // _INSERT_BUCKET) * _INSERT_BUCKET
+    # Even with nothing to insert the call runs (all rows skipped): the insert is compiled at the
+    # first reflection, not at the first one that parses (no new program later in the run).
+    size = max(-(-len(rows) // _INSERT_BUCKET), 1) * _INSERT_BUCKET
     pad = memory_config.pad_id
     encode = lambda text: tokenizer.encode(text, allow_special=False)
     titles, title_lens = pad_ids([encode(i.title) for _, i in rows], memory_config.title_len, pad)
     contents, content_lens = pad_ids(
         [encode(i.content) for _, i in rows], memory_config.content_len, pad
     )
-    embeddings = np.asarray(embed_fn([f"{i.title}: {i.content}" for _, i in rows]), np.float32)
+    texts = [f"{i.title}: {i.content}" for _, i in rows]
+    embeddings = (
+        np.asarray(embed_fn(texts), np.float32)
+        if texts
+        else np.zeros((0, memory_config.embed_dim), np.float32)
+    )
     if embeddings.shape != (len(rows), memory_config.embed_dim):
         raise ValueError(
             f"insights_to_memory: embed_fn returned shape {embeddings.shape}, expected "

@@ -43,6 +43,10 @@ class ReflectConfig:
     batch_size: int = 16  # prompts per sampler call
     prime_response: bool = True  # start the assistant turn with the format's opening text
     prompt_bucket: int = 64  # prompt widths are padded to a multiple of this (bounded compiles)
+    # Every reflection prompt is padded to at least this width (0: its bucket only). Set it above
+    # the longest prompt the run builds and the reflection sampler compiles once per run; a longer
+    # prompt still works (its own bucket, one more compile) and counts in reflect/over_width.
+    prompt_width: int = 0
 
     def __post_init__(self):
         if self.output_format not in OUTPUT_FORMATS:
@@ -57,7 +61,7 @@ class ReflectConfig:
         for name in ("max_new_tokens", "batch_size", "prompt_bucket", "items_per_kind"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ReflectConfig.{name}={getattr(self, name)} must be >= 1")
-        for name in ("max_successes_shown", "max_failures_shown"):
+        for name in ("max_successes_shown", "max_failures_shown", "prompt_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ReflectConfig.{name}={getattr(self, name)} must be >= 0")
         if self.max_response_chars < 20:

@@ -30,6 +30,18 @@ solution makes the feedback eligible again (feedback is shown whenever no soluti
 problem and the closing instruction are never dropped: when they alone exceed the budget, a
 ValueError names the rollout.
 
+Layout (`TeacherConfig.layout`):
+  user (METHOD section 5, the default): the student's system prompt, then one user message:
+      problem, blocks, closing instruction.
+  system (ours): the blocks go into the system turn, after the student's own system prompt and
+      a one-line heading (SYSTEM_HELP_HEADING, which also carries the closing instruction), and
+      the user turn is the question exactly as the student sees it. The teacher's prompt then
+      ends exactly like the student's, and a teacher shown no block *is* the student (same ids).
+      Measured on SmolLM2-135M (README "Why self-distillation collapsed"): with `user`, the
+      teacher starts its answers "The answer is N." and puts less probability on the student's
+      '#### <n>' line than the student does; distilling that collapsed the policy. `system`
+      keeps the teacher on the student's format.
+
 Memory text is inserted as plain text: `format_chat` encodes message content with
 allow_special=False, so a "<|im_start|>" inside a lesson is spelled as characters and can never
 open a new role.
@@ -48,6 +60,7 @@ from pmd_jax.sampling import left_pad
 from pmd_jax.tokenizer import Tokenizer, format_chat
 
 MODES = ("sdpo", "behavior", "insight_behavior", "full")
+LAYOUTS = ("user", "system")
 DROPPABLE_BLOCKS = (
     "stored_solution",
     "behaviours",
@@ -78,6 +91,11 @@ HEADERS = {
     "feedback": "Feedback on your previous attempt:\n",
 }
 CLOSING = "Using what helps above, solve the original problem correctly."
+# layout="system": the heading of the privileged blocks in the system turn.
+SYSTEM_HELP_HEADING = (
+    "Privileged notes for the next problem. Use what helps to solve it correctly; "
+    "do not mention these notes."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +103,7 @@ class TeacherConfig:
     """What the teacher sees and how long its prompt may be. Hashable."""
 
     mode: str = "full"  # one of MODES
+    layout: str = "user"  # one of LAYOUTS: blocks in the user message (METHOD) or system turn
     max_prompt_tokens: int = 1024  # whole teacher prompt, template included, response excluded
     num_behaviours: int = 3  # retrieved behaviours shown (the first of the view's, best first)
     max_strategies: int = 5  # newest first
@@ -99,6 +118,8 @@ class TeacherConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"TeacherConfig.mode={self.mode!r}; expected one of {MODES}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"TeacherConfig.layout={self.layout!r}; expected one of {LAYOUTS}")
         if sorted(self.drop_order) != sorted(DROPPABLE_BLOCKS):
             raise ValueError(
                 f"TeacherConfig.drop_order={self.drop_order!r} must order exactly the blocks "
@@ -131,7 +152,7 @@ class TeacherBatch:
     has_signal: np.ndarray  # [N] bool: the loss mask of METHOD section 6
     blocks_dropped: np.ndarray  # [N] int32 blocks removed to fit the budget
     prompt_lengths: np.ndarray  # [N] int32 unpadded lengths
-    texts: list[str]  # [N] user messages (for debugging and reports)
+    texts: list[str]  # [N] the teacher-only text of each prompt (for debugging and reports)
     shown_blocks: list[tuple[str, ...]]  # [N] names of the blocks in each prompt, in order
 
 
@@ -189,15 +210,43 @@ def user_message(question: str, blocks: dict[str, str], names: Sequence[str]) ->
     return "\n\n".join(parts)
 
 
+def teacher_messages(
+    question: str,
+    blocks: dict[str, str],
+    names: Sequence[str],
+    system_prompt: str,
+    layout: str = "user",
+) -> tuple[list[tuple[str, str]], str]:
+    """The teacher's chat [(role, content)] and its teacher-only text, for one rollout.
+
+    layout "user": system prompt, then `user_message` (problem, blocks, closing). layout
+    "system": system prompt + heading + blocks, then the bare question; with no block shown the
+    chat is the student's own.
+    """
+    head = [("system", system_prompt)] if system_prompt else []
+    if layout == "user":
+        text = user_message(question, blocks, names)
+        return [*head, ("user", text)], text
+    if layout != "system":
+        raise ValueError(f"teacher_messages: layout={layout!r}; expected one of {LAYOUTS}")
+    parts = [HEADERS[name] + blocks[name] for name in _ORDER if name in names]
+    if not parts:
+        return [*head, ("user", question.strip())], ""
+    text = "\n\n".join([SYSTEM_HELP_HEADING, *parts])
+    system = f"{system_prompt}\n\n{text}" if system_prompt else text
+    return [("system", system), ("user", question.strip())], text
+
+
 def _fit(
     encode, config: TeacherConfig, question: str, candidates: dict[str, str], row: int
 ) -> tuple[list[int], str, list[str], int]:
-    """Drop whole blocks in drop_order until the prompt fits -> (ids, text, shown, dropped)."""
+    """Drop whole blocks in drop_order until the prompt fits -> (ids, text, shown, dropped).
+
+    `encode` maps (question, names) to (ids, teacher-only text)."""
     dropped: list[str] = []
     while True:
         names = _shown(candidates, dropped)
-        text = user_message(question, candidates, names)
-        ids = encode(text)
+        ids, text = encode(question, tuple(names))
         if len(ids) <= config.max_prompt_tokens:
             return ids, text, names, len(dropped)
         victim = next((name for name in config.drop_order if name in names), None)
@@ -260,16 +309,21 @@ def build_teacher_prompts(
         views = [MemoryView()] * num_rows
     views = _per_row(views, num_rows, group_size, "views")
     successes = rewards > success_reward
-    head = [("system", system_prompt)] if system_prompt else []
-    cache: dict[str, list[int]] = {}
+    cache: dict[tuple, tuple[list[int], str]] = {}
 
-    def encode(text: str) -> list[int]:
-        # Rollouts of one group often share a prompt: encode each distinct text once.
-        if text not in cache:
-            cache[text] = list(
-                format_chat(tokenizer, [*head, ("user", text)], chat_format=chat_format).ids
+    def encode_for(candidates: dict[str, str]):
+        def encode(question: str, names: tuple[str, ...]) -> tuple[list[int], str]:
+            messages, text = teacher_messages(
+                question, candidates, names, system_prompt, config.layout
             )
-        return cache[text]
+            # Rollouts of one group often share a prompt: encode each distinct chat once.
+            key = tuple(messages)
+            if key not in cache:
+                chat = format_chat(tokenizer, messages, chat_format=chat_format)
+                cache[key] = (list(chat.ids), text)
+            return cache[key]
+
+        return encode
 
     prompts, texts, shown, dropped = [], [], [], []
     for row in range(num_rows):
@@ -277,7 +331,9 @@ def build_teacher_prompts(
         candidates = _candidate_blocks(
             config, views[row], sibling, responses[row].strip(), feedback[row] or ""
         )
-        ids, text, names, num_dropped = _fit(encode, config, questions[row], candidates, row)
+        ids, text, names, num_dropped = _fit(
+            encode_for(candidates), config, questions[row], candidates, row
+        )
         prompts.append(ids)
         texts.append(text)
         shown.append(("problem", *names, "closing"))
