@@ -1,16 +1,20 @@
-"""arith: the embedded default run. SmolLM2-135M-Instruct learns the arith curriculum with PMD
-on a CPU in about 20 minutes (`make train`, no EXP).
+"""arith: the embedded default run (`make train`, no EXP): SmolLM2-135M-Instruct trained with PMD
+on the arith curriculum on a CPU, about 25-30 minutes on 2 cores.
 
 The sizes are chosen for 2 CPU cores, not for the best final accuracy (README "The default run"
-has the measurements behind them):
+has the measurements behind them, including that this run does not yet show learning):
 - one- and two-step problems only (the base model solves ~35% / ~8% of them greedily; harder
   levels give groups without a single success, hence no teacher solution to distil);
-- 4 problems x 4 rollouts at T=0.6 (T=1.0 rollouts are almost never right for a 135M model);
-- responses stop after the '#### <answer>' line (max 96 new tokens);
-- teacher prompts fit 512 tokens (question, one solution, a few insights and behaviours);
-- lr 3e-5: ten times the paper's per-step rate, because the run has tens of steps, not hundreds;
-- held-out evaluation: greedy, memory-free, on test problems never trained on, before the first
-  step (the base model) and after the last one.
+- 8 steps of 4 problems x 4 rollouts at T=0.6 top-p 0.95 (T=1.0 rollouts are almost never right
+  for a 135M model); responses stop after the '#### <answer>' line (at most 80 new tokens);
+- teacher prompts fit 320 tokens, in the "system" layout (the blocks go into the system turn and
+  the user turn is the student's own): with METHOD's layout (everything in one user message) the
+  135M teacher answers "The answer is N." and scores the student's '####' line lower than the
+  student does, and distilling that collapsed the policy (26.6% -> 1.6%);
+- lr 5e-6 with 4 micro-batches: at 2e-5 the policy lost 12 points in 8 steps even in the system
+  layout (Adam's first steps move every weight by about lr, whatever the gradient's size);
+- held-out evaluation: greedy, memory-free, on 64 test problems never trained on, before the
+  first step (the base model) and after the last one.
 
     make train                                   # = make train EXP=arith
     make train ARGS="--set algorithm=sdpo"       # the same budget with the SDPO baseline
@@ -54,9 +58,9 @@ CONFIG = TrainConfig(
         max_prompt_tokens=1024,
         prompt_width=1024,
     ),
-    teacher=TeacherConfig(max_prompt_tokens=320),
+    teacher=TeacherConfig(max_prompt_tokens=320, layout="system"),
     loss=LossConfig(alpha=0.5, top_k=100),
-    optimizer=OptimizerConfig(learning_rate=2e-5, warmup_steps=1, micro_batches=4),
+    optimizer=OptimizerConfig(learning_rate=5e-6, warmup_steps=1, micro_batches=4),
     checkpoint=CheckpointConfig(every_steps=2, keep_last=2, keep_best=1),
     eval=EvalSchedule(
         initial=True,

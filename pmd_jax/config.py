@@ -97,7 +97,6 @@ class TrainConfig:
     total_steps: int = 100
     seed: int = 0
     teacher_tau: float = 0.05  # EMA rate of the teacher parameters; 0 = frozen base teacher
-    base_teacher_reflector: bool = False  # reflect/evolve with the initial params, not the policy
     log_every: int = 1
     tensorboard: bool = True
     progress: bool = True

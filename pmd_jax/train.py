@@ -398,7 +398,8 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
     if memory is not None:
         if config.ablation == "pmd_transient":
             memory = clear(memory, run.memory_config, keep_behaviours=False)
-        reflector = run.encoder_params if config.base_teacher_reflector else state.params
+        # reflect.reflector="base": reflect and evolve with the initial params, not the policy
+        reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
         updating = config.ablation != "frozen_memory"
         if updating and config.level_enabled("exp"):
             memory, stats, changed = phases.remember(
@@ -572,6 +573,10 @@ def expected_cost(
     train = 6 * num_params * rows * (prompt_width + new)
     if config.algorithm != "grpo":
         train += 2 * num_params * rows * (teacher_width + new)  # teacher forward
+    if config.algorithm == "pmd":  # reflection: one request per problem, in sampler batches
+        batch = config.reflect.batch_size
+        requests = -(-config.data.batch_size // batch) * batch
+        decode += 2 * num_params * requests * config.reflect.max_new_tokens
     text = (
         f"{config.name}: {num_params / 1e6:.0f}M params, {rows} rollouts x <= {new} new tokens "
         f"per step, {config.total_steps} steps on {jax.device_count()} {jax.default_backend()} "
@@ -580,10 +585,13 @@ def expected_cost(
     if jax.default_backend() != "cpu":
         return text
     seconds = decode / CPU_DECODE_FLOPS + train / CPU_TRAIN_FLOPS
-    embed = 2 * num_params * num_questions * prompt_width / CPU_TRAIN_FLOPS
+    # Questions are embedded alone (no chat template), cut to memory.response_len tokens.
+    embed_width = min(prompt_width, bucket_length(config.memory.response_len))
+    embed = 2 * num_params * num_questions * embed_width / CPU_TRAIN_FLOPS
     return (
-        f"{text}. On this CPU expect roughly {seconds / 60:.1f} min per step before memory "
-        f"phases and evals (~{seconds * config.total_steps / 3600:.1f} h in all), after "
+        f"{text}. On this CPU expect roughly {seconds / 60:.1f} min per step (sampling, "
+        f"reflection decode, update; behaviour evolution and evals extra: "
+        f"~{seconds * config.total_steps / 3600:.1f} h for the steps), after "
         f"~{embed / 60:.0f} min embedding the {num_questions} train questions: CPU runs are "
         f"for smoke tests; use an accelerator for real runs (README: TPU VM / GPU box)"
     )

@@ -151,6 +151,22 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
 
+def assert_same_run(workdir, reference, last_step: int) -> None:
+    """Two runs of one config ended identically: every metric but time/*, the final params
+    bitwise, and the memory snapshot of `last_step` (shared with test_failure_modes.py)."""
+    assert _comparable(_metrics(workdir)) == _comparable(_metrics(reference))
+    for a, b in zip(
+        _leaves(checkpoint.restore_params(workdir / "checkpoints")),
+        _leaves(checkpoint.restore_params(reference / "checkpoints")),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    name = f"memory_step_{last_step}.json"
+    assert json.loads((workdir / "memory" / name).read_text()) == json.loads(
+        (reference / "memory" / name).read_text()
+    )
+
+
 def test_resume_after_a_kill_equals_the_uninterrupted_run(train_env, tmp_path):
     overrides = ("total_steps=6", "checkpoint.every_steps=2", "eval.final=false")
     straight = tmp_path / "straight"
@@ -160,15 +176,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(train_env, tmp_path):
     assert killed.returncode == 17, killed.stderr[-2000:]
     assert max(r["step"] for r in _metrics(resumed)) == 4
     _ok(_train(train_env, resumed, *overrides))
-    assert _comparable(_metrics(resumed)) == _comparable(_metrics(straight))
-    for a, b in zip(
-        _leaves(checkpoint.restore_params(straight / "checkpoints")),
-        _leaves(checkpoint.restore_params(resumed / "checkpoints")),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
-    snapshot = lambda d: json.loads((d / "memory" / "memory_step_6.json").read_text())  # noqa: E731
-    assert snapshot(resumed) == snapshot(straight)
+    assert_same_run(resumed, straight, last_step=6)
 
 
 @pytest.mark.slow

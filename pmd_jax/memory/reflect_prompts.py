@@ -39,7 +39,7 @@ class ReflectConfig:
     max_response_chars: int = 600  # per shown attempt; longer ones are cut with " [...]"
     items_per_kind: int = 3  # keep at most this many strategies and this many lessons
     filter_shortcuts: bool = True
-    reflector: str = "policy"  # which params the train loop passes: "policy" | "base"
+    reflector: str = "policy"  # who reflects and evolves: "policy" | "base" (the initial params)
     batch_size: int = 16  # prompts per sampler call
     prime_response: bool = True  # start the assistant turn with the format's opening text
     prompt_bucket: int = 64  # prompt widths are padded to a multiple of this (bounded compiles)
