@@ -36,6 +36,7 @@ from pmd_jax.sampling import (
     response_token_lists,
     sample,
 )
+from pmd_jax.train import rollout_sample_config
 from pmd_jax.train_step import response_hidden
 from pmd_jax.verify import VerifierConfig
 
@@ -70,15 +71,7 @@ def main(argv=None) -> None:
     data_config = dataclasses.replace(CONFIG.data, batch_size=args.problems)
     problems = pipeline.load_split(data_config, "train")
     batch = schema.collate([problems[i] for i in range(args.problems)])
-    rollout = CONFIG.rollout
-    sample_config = SampleConfig(
-        max_new_tokens=rollout.max_new_tokens,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        num_samples=rollout.num_samples,
-        stop_ids=tuple(tokenizer.stop_ids),
-        pad_id=tokenizer.pad_id,
-    )
+    sample_config = rollout_sample_config(CONFIG.rollout, tokenizer)
     rollouts = phases.sample_rollouts(
         params,
         model_config,

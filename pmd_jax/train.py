@@ -34,7 +34,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pmd_jax import checkpoint, phases, sharding
-from pmd_jax.config import TrainConfig, apply_overrides, load_experiment, to_dict
+from pmd_jax.config import (
+    RolloutConfig,
+    TrainConfig,
+    apply_overrides,
+    load_experiment,
+    to_dict,
+)
 from pmd_jax.data import pipeline
 from pmd_jax.data.prompts import format_prompts
 from pmd_jax.evaluate import EvalConfig, evaluate
@@ -150,14 +156,7 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     )
     question_embeddings = embed_fn([p["question"] for p in problems])
     rollout = config.rollout
-    sample_config = SampleConfig(
-        max_new_tokens=rollout.max_new_tokens,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        num_samples=rollout.num_samples,
-        stop_ids=tuple(tokenizer.stop_ids),
-        pad_id=tokenizer.pad_id,
-    )
+    sample_config = rollout_sample_config(rollout, tokenizer)
     stop_table = None
     if rollout.stop_at_answer and config.prompt.answer_format == "hash":
         stop_table = answer_line_stop_table(tokenizer)
@@ -559,6 +558,18 @@ def train(
 # decode ~30 GFLOP/s (memory bound), forward + backward ~60 GFLOP/s. Only for the CPU estimate.
 CPU_DECODE_FLOPS = 30e9
 CPU_TRAIN_FLOPS = 60e9
+
+
+def rollout_sample_config(rollout: RolloutConfig, tokenizer) -> SampleConfig:
+    """The sampler settings of a run's rollouts (J per prompt, stop at the tokenizer's stop ids)."""
+    return SampleConfig(
+        max_new_tokens=rollout.max_new_tokens,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        num_samples=rollout.num_samples,
+        stop_ids=tuple(tokenizer.stop_ids),
+        pad_id=tokenizer.pad_id,
+    )
 
 
 def expected_cost(

@@ -231,9 +231,8 @@ def reflect(
         min_width=config.prompt_width,
     )
     stats = {"reflect/requests": 0, "reflect/parsed": 0, "reflect/parse_failures": 0}
-    stats["reflect/over_width"] = sum(len(r.prompt_ids) > config.prompt_width for r in requests)
-    if not config.prompt_width:
-        stats["reflect/over_width"] = 0
+    width = config.prompt_width
+    stats["reflect/over_width"] = sum(len(r.prompt_ids) > width for r in requests) if width else 0
     stats |= {"reflect/items": 0, "reflect/duplicates": 0}
     stats |= {f"shortcut/{reason}": 0 for reason in SHORTCUT_REASONS}
     items_per_request, raw_texts = [], []
