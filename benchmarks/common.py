@@ -31,6 +31,7 @@ def machine_description() -> dict:
         "jax": jax.__version__,
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 

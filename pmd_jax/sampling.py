@@ -1,8 +1,10 @@
 """Sampling: jit-compiled prefill + on-device decode loop over a static-length KV cache.
 
 `sample(params, model_config, prompt_tokens, prompt_mask, rng, config)` is a pure function. Prompts
-are left-padded to a common length T; each prompt is prefilled once and its cache repeated J times
-(group sampling). The decode loop is a `lax.while_loop` that exits when every row has stopped. Rows
+are left-padded to a common length T; each prompt is prefilled once (the scanned Transformer) and its
+cache repeated J times (group sampling). The decode loop is a `lax.while_loop` that exits when every
+row has stopped; its step is pmd_jax/model/decode.py (layers unrolled, weights laid out once per
+call, a [N, K, S, Dh] cache per layer). Rows
 are ordered prompt-major: row b * J + j is rollout j of prompt b. Shapes: B prompts, J samples per
 prompt, N = B * J rows, T prompt length, G max new tokens, S = T + G cache slots, V vocabulary.
 """
@@ -20,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pmd_jax.model.config import ModelConfig
-from pmd_jax.model.transformer import KVContext, Transformer, positions_from_mask
+from pmd_jax.model.decode import KVCache, cache_from_prefill, decode_step, decode_weights
+from pmd_jax.model.transformer import Transformer, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +112,7 @@ def _logits(hidden: jax.Array, lm_head_DxV: jax.Array) -> jax.Array:
 
 class _DecodeState(NamedTuple):
     step: jax.Array  # scalar int32
-    keys: jax.Array  # [L, N, S, K, Dh]
-    values: jax.Array
-    cache_mask: jax.Array  # [N, S] bool
+    cache: KVCache  # L x [N, K, S, Dh] keys and values, [N, S] mask
     next_logits: jax.Array  # [N, V] float32
     next_positions: jax.Array  # [N] int32
     tokens: jax.Array  # [N, G]
@@ -137,22 +138,20 @@ def sample(
     stop_table: optional [Q, V] int8 token transition table of a stop automaton (start state 0,
     accept state Q - 1, e.g. `answer_line_stop_table`): a row also stops when it reaches accept.
     """
-    model = Transformer(model_config)
-    apply = functools.partial(model.apply, {"params": params})
     lm_head = lm_head_matrix(params, model_config)
+    weights = decode_weights(params, model_config)
     batch, prompt_len = prompt_tokens.shape
     rows, gen = batch * config.num_samples, config.max_new_tokens
     prompt_mask = prompt_mask.astype(bool)
 
     positions = positions_from_mask(prompt_mask)
-    hidden, (keys, values) = apply(prompt_tokens, positions, prompt_mask)
+    hidden, (keys, values) = Transformer(model_config).apply(
+        {"params": params}, prompt_tokens, positions, prompt_mask
+    )
     repeat = functools.partial(jnp.repeat, repeats=config.num_samples, total_repeat_length=rows)
-    pad_slots = [(0, 0)] * 2 + [(0, gen)] + [(0, 0)] * 2
     state = _DecodeState(
         step=jnp.zeros((), jnp.int32),
-        keys=jnp.pad(repeat(keys, axis=1), pad_slots),
-        values=jnp.pad(repeat(values, axis=1), pad_slots),
-        cache_mask=jnp.pad(repeat(prompt_mask, axis=0), [(0, 0), (0, gen)]),
+        cache=cache_from_prefill(keys, values, prompt_mask, config.num_samples, gen),
         next_logits=repeat(_logits(hidden[:, -1], lm_head), axis=0),
         next_positions=repeat(positions[:, -1] + 1, axis=0),
         tokens=jnp.full((rows, gen), config.pad_id, jnp.int32),
@@ -164,7 +163,7 @@ def sample(
     )
     stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
 
-    def decode_step(s: _DecodeState) -> _DecodeState:
+    def next_token(s: _DecodeState) -> _DecodeState:
         rng, step_rng = jax.random.split(s.rng)
         token, logprob = choose_tokens(
             s.next_logits, step_rng, config.temperature, config.top_k, config.top_p
@@ -176,19 +175,13 @@ def sample(
         if stop_table is not None:
             stop_state = stop_table[s.stop_state, jnp.maximum(token, 0)].astype(jnp.int32)
             done = done | (stop_state == stop_table.shape[0] - 1)
-        slot = prompt_len + s.step
-        context = KVContext(s.keys, s.values, s.cache_mask)
-        hidden, (new_k, new_v) = apply(
-            token[:, None], s.next_positions[:, None], jnp.ones((rows, 1), bool), context
+        hidden, cache = decode_step(
+            weights, model_config, s.cache, token, s.next_positions, prompt_len + s.step
         )
         return _DecodeState(
             step=s.step + 1,
-            keys=jax.lax.dynamic_update_slice_in_dim(s.keys, new_k, slot, axis=2),
-            values=jax.lax.dynamic_update_slice_in_dim(s.values, new_v, slot, axis=2),
-            cache_mask=jax.lax.dynamic_update_slice_in_dim(
-                s.cache_mask, jnp.ones((rows, 1), bool), slot, axis=1
-            ),
-            next_logits=_logits(hidden[:, 0], lm_head),
+            cache=cache,
+            next_logits=_logits(hidden, lm_head),
             next_positions=s.next_positions + 1,
             tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1),
             logprobs=jax.lax.dynamic_update_slice_in_dim(
@@ -203,7 +196,7 @@ def sample(
     def not_finished(s: _DecodeState) -> jax.Array:
         return (s.step < gen) & ~jnp.all(s.done)
 
-    final = jax.lax.while_loop(not_finished, decode_step, state)
+    final = jax.lax.while_loop(not_finished, next_token, state)
     return SampleOutput(final.tokens, final.logprobs, final.lengths, final.done)
 
 

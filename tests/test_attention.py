@@ -45,14 +45,6 @@ def test_attention_impl_matches_naive_with_padding_and_gqa(impl, batch, length, 
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_with_context_takes_the_naive_path():
-    q, k, v, mask = _inputs(2, 1, 4, 2, head_dim=16)
-    ctx_k, ctx_v, _ = _inputs(2, 5, 4, 2, head_dim=16, seed=2)[1:]
-    context = (ctx_k, ctx_v, jnp.array([[True] * 5, [False, True, True, True, True]])[:, None, :])
-    out = attention(q, k, v, mask, context, impl="xla")
-    np.testing.assert_array_equal(out, attention(q, k, v, mask, context, impl="naive"))
-
-
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_transformer_forward_with_impl_matches_naive_logits(impl):
     config = ModelConfig(

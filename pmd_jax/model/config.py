@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
-# Self-attention without a KV context: "naive" (ours, the reference), "xla" / "cudnn" through
-# jax.nn.dot_product_attention, "splash" (the TPU Pallas kernel). Decoding is always naive.
+# Self-attention in training and prefill: "naive" (ours, the reference), "xla" / "cudnn" through
+# jax.nn.dot_product_attention, "splash" (the TPU Pallas kernel). Decoding is model/decode.py's own.
 ATTENTION_IMPLS = ("naive", "xla", "cudnn", "splash")
 
 

@@ -2,16 +2,15 @@
 
 Layers are stacked along a leading axis L and run with `nn.scan`, so compile time does not grow with
 depth and FSDP can shard one stacked array per weight. Attention takes an explicit padding mask and
-position ids (batches are left-padded) and, for decoding, the keys/values of earlier tokens as
-read-only context: a layer returns only the new tokens' keys/values, and the caller writes them into
-its cache in place (see pmd_jax/sampling.py). Shapes: B batch, T new tokens, S cached tokens, D width,
-H query heads, K key/value heads, Dh head width, V vocabulary, L layers.
+position ids (batches are left-padded); the forward also returns every layer's keys/values, which
+the sampler's prefill turns into its cache (decoding itself runs pmd_jax/model/decode.py, the same
+arithmetic with the layers unrolled). Shapes: B batch, T tokens, D width, H query heads, K key/value
+heads, Dh head width, V vocabulary, L layers.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,17 +19,6 @@ import jax.numpy as jnp
 from pmd_jax.model.config import ATTENTION_IMPLS, ModelConfig, rope_inv_freq
 
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
-
-
-class KVContext(NamedTuple):
-    """Keys/values of earlier tokens for all layers, read-only during one forward.
-
-    keys, values: [L, B, S, K, Dh]; mask: [B, S] bool, True where a slot holds a real token.
-    """
-
-    keys: jax.Array
-    values: jax.Array
-    mask: jax.Array
 
 
 class RMSNorm(nn.Module):
@@ -43,9 +31,14 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return normed.astype(self.dtype) * scale.astype(self.dtype)
+        return rms_norm(x, scale, self.eps, self.dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype) -> jax.Array:
+    """x / rms(x) * scale over the last axis; the statistics in float32, the result in dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return normed.astype(dtype) * scale.astype(dtype)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
@@ -60,41 +53,22 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 
 def attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    self_mask: jax.Array,
-    context: tuple[jax.Array, jax.Array, jax.Array] | None = None,
-    impl: str = "naive",
+    q: jax.Array, k: jax.Array, v: jax.Array, self_mask: jax.Array, impl: str = "naive"
 ) -> jax.Array:
-    """Grouped-query attention of new tokens over (context +) themselves, softmax in float32.
+    """Grouped-query self-attention, softmax in float32. impl: ModelConfig.attention_impl.
 
-    q: [B, T, H, Dh]; k, v: [B, T, K, Dh]; self_mask: [B, T, T] bool (causal & padding);
-    context: (keys [B, S, K, Dh], values [B, S, K, Dh], mask [B, T, S]) or None. Returns [B, T, H, Dh].
-    The context is never concatenated with the new keys, so a decode step reads the cache in place.
-    impl (ModelConfig.attention_impl) applies without context (training, prefill); decoding over a
-    context always takes the naive path below.
+    q: [B, T, H, Dh]; k, v: [B, T, K, Dh]; self_mask: [B, T, T] bool (causal & padding).
+    Returns [B, T, H, Dh]. "naive" (below) is the reference the library kernels are tested against.
     """
-    if context is None and impl != "naive":
+    if impl != "naive":
         return fused_attention(q, k, v, self_mask, impl)
     b, t, h, dh = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, dh) * jnp.asarray(dh**-0.5, q.dtype)
-    score_terms = [jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)]
-    mask_terms = [self_mask]
-    if context is not None:
-        ctx_k, ctx_v, ctx_mask = context
-        score_terms.insert(
-            0, jnp.einsum("btkgd,bskd->bkgts", q, ctx_k, preferred_element_type=jnp.float32)
-        )
-        mask_terms.insert(0, ctx_mask)
-    scores = jnp.concatenate(score_terms, axis=-1)
-    mask = jnp.concatenate(mask_terms, axis=-1)[:, None, None]  # [B, 1, 1, T, S+T]
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    mask = self_mask[:, None, None]  # [B, 1, 1, T, T]
     probs = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs[..., -t:], v)
-    if context is not None:
-        out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., :-t], context[1])
-    return out.reshape(b, t, h, dh)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
 
 
 def fused_attention(
@@ -160,8 +134,8 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, self_mask, context_mask, layer_context):
-        """x: [B, T, D] -> (x', (k, v) [B, T, K, Dh]); layer_context: (keys, values) [B, S, K, Dh] or None."""
+    def __call__(self, x, positions, self_mask):
+        """x: [B, T, D]; positions: [B, T]; self_mask: [B, T, T] -> (x', (k, v) [B, T, K, Dh])."""
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
@@ -179,8 +153,7 @@ class Block(nn.Module):
             q, k = norm(name="q_norm")(q), norm(name="k_norm")(k)
         inv_freq = jnp.asarray(rope_inv_freq(cfg))
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        context = None if layer_context is None else (*layer_context, context_mask)
-        attn = attention(q, k, v, self_mask, context, cfg.attention_impl).reshape(b, t, h * dh)
+        attn = attention(q, k, v, self_mask, cfg.attention_impl).reshape(b, t, h * dh)
         x = x + dense(cfg.hidden_size, use_bias=cfg.o_bias, name="o_proj")(attn)
 
         hidden = norm(name="mlp_norm")(x)
@@ -211,7 +184,7 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+            in_axes=(nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
         )(cfg)
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype)
@@ -221,29 +194,18 @@ class Transformer(nn.Module):
             )
 
     def __call__(
-        self,
-        tokens: jax.Array,
-        positions: jax.Array,
-        token_mask: jax.Array,
-        context: KVContext | None = None,
+        self, tokens: jax.Array, positions: jax.Array, token_mask: jax.Array
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """tokens, positions: [B, T] int; token_mask: [B, T] bool (False on padding).
 
-        Returns final-norm hidden states [B, T, D] and the new keys/values [L, B, T, K, Dh].
-        Every new token attends causally to the new tokens and to all valid context slots.
+        Returns final-norm hidden states [B, T, D] and the keys/values [L, B, T, K, Dh] (the
+        sampler's prefill keeps them as its cache). Each token attends causally to real tokens.
         """
         t = tokens.shape[1]
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         self_mask = causal[None] & token_mask[:, None, :]
-        if context is None:
-            context_mask, layer_context = None, None
-        else:
-            context_mask = jnp.broadcast_to(
-                context.mask[:, None, :], (tokens.shape[0], t, context.mask.shape[1])
-            )
-            layer_context = (context.keys, context.values)
         x = self.embed(tokens)
-        x, new_kv = self.layers(x, positions, self_mask, context_mask, layer_context)
+        x, new_kv = self.layers(x, positions, self_mask)
         return self.final_norm(x), new_kv
 
     def logits(self, hidden: jax.Array) -> jax.Array:
