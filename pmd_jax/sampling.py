@@ -4,7 +4,7 @@
 are left-padded to a common length T; each prompt is prefilled once (the scanned Transformer) and its
 cache repeated J times (group sampling). The decode loop is a `lax.while_loop` that exits when every
 row has stopped; its step is pmd_jax/model/decode.py (layers unrolled, weights laid out once per
-call, a [N, K, S, Dh] cache per layer). Rows
+call, a cache per layer laid out for its attention dots). Rows
 are ordered prompt-major: row b * J + j is rollout j of prompt b. Shapes: B prompts, J samples per
 prompt, N = B * J rows, T prompt length, G max new tokens, S = T + G cache slots, V vocabulary.
 """
@@ -112,7 +112,7 @@ def _logits(hidden: jax.Array, lm_head_DxV: jax.Array) -> jax.Array:
 
 class _DecodeState(NamedTuple):
     step: jax.Array  # scalar int32
-    cache: KVCache  # L x [N, K, S, Dh] keys and values, [N, S] mask
+    cache: KVCache  # L x keys [N, K, Dh, S] and values [N, K, S, Dh], mask [N, S]
     next_logits: jax.Array  # [N, V] float32
     next_positions: jax.Array  # [N] int32
     tokens: jax.Array  # [N, G]
@@ -138,7 +138,8 @@ def sample(
     stop_table: optional [Q, V] int8 token transition table of a stop automaton (start state 0,
     accept state Q - 1, e.g. `answer_line_stop_table`): a row also stops when it reaches accept.
     """
-    lm_head = lm_head_matrix(params, model_config)
+    # In the compute dtype once, so the loop's `_logits` casts nothing per token.
+    lm_head = lm_head_matrix(params, model_config).astype(model_config.dtype)
     weights = decode_weights(params, model_config)
     batch, prompt_len = prompt_tokens.shape
     rows, gen = batch * config.num_samples, config.max_new_tokens

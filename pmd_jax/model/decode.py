@@ -5,8 +5,8 @@ step every weight is read for only N new tokens, and a scanned layer costs more 
 each step XLA copies every layer's weights out of the stacked arrays (a dynamic slice) and
 transposes each layer's cache slice for the attention dots. Profiled on CPU (SmolLM2-135M, 32 rows)
 those copies took over a fifth of the op time of a decode step. Here:
-- `decode_weights` lays the weights out once per sampling call: one entry per layer, with q/k/v and
-  gate/up concatenated so each is one matmul;
+- `decode_weights` lays the weights out once per sampling call, in the compute dtype: one entry
+  per layer, with q/k/v and gate/up concatenated so each is one matmul;
 - the layers are a Python loop (unrolled; compile time grows with depth, run time does not pay
   for slicing);
 - each layer's cache is laid out for its attention dot: keys [N, K, Dh, S] (q . k contracts Dh
@@ -50,7 +50,9 @@ class KVCache(NamedTuple):
 
 
 def decode_weights(params: dict, config: ModelConfig) -> DecodeWeights:
-    """Split the stacked layer weights per layer and fuse q/k/v and gate/up (one copy per call)."""
+    """Split the stacked layer weights per layer, fuse q/k/v and gate/up, and cast matmul weights
+    and biases to the compute dtype (as nn.Dense does), once per call rather than per token."""
+    dtype = jnp.dtype(config.dtype)
     stacked = params["layers"]
 
     def layer(i: int) -> dict:
@@ -76,7 +78,13 @@ def decode_weights(params: dict, config: ModelConfig) -> DecodeWeights:
             out["q_norm"], out["k_norm"] = p["q_norm"]["scale"], p["k_norm"]["scale"]
         return out
 
-    layers = tuple(layer(i) for i in range(config.num_layers))
+    def cast(name: str, array: jax.Array) -> jax.Array:
+        return array if name.endswith("norm") else array.astype(dtype)
+
+    layers = tuple(
+        {name: cast(name, array) for name, array in layer(i).items()}
+        for i in range(config.num_layers)
+    )
     return DecodeWeights(params["embed"]["embedding"], layers, params["final_norm"]["scale"])
 
 
@@ -106,10 +114,10 @@ def cache_from_prefill(
     )
 
 
-def _dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype) -> jax.Array:
-    """x @ kernel (+ bias) in the compute dtype, as flax's nn.Dense computes it."""
-    out = jnp.dot(x.astype(dtype), kernel.astype(dtype))
-    return out if bias is None else out + bias.astype(dtype)
+def _dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """x @ kernel (+ bias) in the kernel's dtype (the compute dtype), as flax's nn.Dense computes."""
+    out = jnp.dot(x.astype(kernel.dtype), kernel)
+    return out if bias is None else out + bias
 
 
 def _layer_step(
@@ -121,21 +129,20 @@ def _layer_step(
     values: jax.Array,
     mask: jax.Array,
     slot: jax.Array,
+    inv_freq: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One layer for one new token per row. x: [N, D]; positions: [N]; keys: [N, K, Dh, S];
-    values: [N, K, S, Dh]; mask: [N, S] (slot included). Returns (x' [N, D], keys, values with the token at `slot`)."""
+    values: [N, K, S, Dh]; mask: [N, S] (slot included); inv_freq: [Dh // 2] (RoPE).
+    Returns (x' [N, D], keys, values with the token at `slot`)."""
     dtype, eps = jnp.dtype(config.dtype), config.rms_norm_eps
     n = x.shape[0]
     h, kv, dh = config.num_heads, config.num_kv_heads, config.head_dim
-    qkv = _dense(
-        rms_norm(x, layer["attn_norm"], eps, dtype), layer["qkv"], layer.get("qkv_bias"), dtype
-    )
+    qkv = _dense(rms_norm(x, layer["attn_norm"], eps, dtype), layer["qkv"], layer.get("qkv_bias"))
     q = qkv[:, : h * dh].reshape(n, 1, h, dh)
     k = qkv[:, h * dh : (h + kv) * dh].reshape(n, 1, kv, dh)
     v = qkv[:, (h + kv) * dh :].reshape(n, kv, 1, dh)
     if config.qk_norm:
         q, k = rms_norm(q, layer["q_norm"], eps, dtype), rms_norm(k, layer["k_norm"], eps, dtype)
-    inv_freq = jnp.asarray(rope_inv_freq(config))
     q = apply_rope(q, positions[:, None], inv_freq)
     k = apply_rope(k, positions[:, None], inv_freq)
     keys = jax.lax.dynamic_update_slice_in_dim(keys, k.reshape(n, kv, dh, 1), slot, axis=3)
@@ -146,16 +153,15 @@ def _layer_step(
     scores = jnp.where(mask[:, None, None, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
     attn = jnp.einsum("nkgs,nksd->nkgd", probs, values).reshape(n, h * dh)
-    x = x + _dense(attn, layer["o"], layer.get("o_bias"), dtype)
+    x = x + _dense(attn, layer["o"], layer.get("o_bias"))
 
     gate_up = _dense(
         rms_norm(x, layer["mlp_norm"], eps, dtype),
         layer["gate_up"],
         layer.get("gate_up_bias"),
-        dtype,
     )
     gate, up = jnp.split(gate_up, 2, axis=-1)
-    x = x + _dense(nn.silu(gate) * up, layer["down"], layer.get("down_bias"), dtype)
+    x = x + _dense(nn.silu(gate) * up, layer["down"], layer.get("down_bias"))
     return x, keys, values
 
 
@@ -172,10 +178,13 @@ def decode_step(
     dtype = jnp.dtype(config.dtype)
     rows = tokens.shape[0]
     mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, jnp.ones((rows, 1), bool), slot, axis=1)
-    x = jnp.take(weights.embedding.astype(dtype), tokens, axis=0)
+    x = jnp.take(weights.embedding, tokens, axis=0).astype(dtype)  # cast the rows, not [V, D]
+    inv_freq = jnp.asarray(rope_inv_freq(config))
     new_keys, new_values = [], []
     for layer, keys, values in zip(weights.layers, cache.keys, cache.values, strict=True):
-        x, keys, values = _layer_step(layer, config, x, positions, keys, values, mask, slot)
+        x, keys, values = _layer_step(
+            layer, config, x, positions, keys, values, mask, slot, inv_freq
+        )
         new_keys.append(keys)
         new_values.append(values)
     hidden = rms_norm(x, weights.final_norm, config.rms_norm_eps, dtype)
