@@ -2,9 +2,12 @@
 
 Runs `python -m pmd_jax.train --exp arith` for a few steps with each algorithm (no evaluation, no
 progress bar) and reads the per-step phase times the loop logs in metrics.jsonl: time/sample,
-time/verify, time/memory (experience inserts, reflection, behaviour evolution; SDPO has none),
+time/verify, time/memory (experience inserts, reflection, behaviour evolution; SDPO has none;
+split into time/memory_remember, time/memory_reflect, time/memory_evolve),
 time/teacher (teacher prompts) and time/update (the jit'd train step). Step 1 compiles, so the
-figures are means over steps 2..total_steps. `--quick` shrinks the batch and generation lengths
+figures are means over steps 2..total_steps; behaviour evolution runs at steps 1 and 3, so its
+compile falls in step 1 and the counted steps evolve every second step (arith's own cadence is
+every third: the figure overstates evolution's share). `--quick` shrinks the batch and generation lengths
 (same model and phases) so the whole benchmark takes a few minutes on 2 cores.
 Writes benchmarks/results/step_overhead.json.  Run: `python -m benchmarks.step_overhead [--quick]`.
 """
@@ -24,6 +27,7 @@ from benchmarks.common import machine_description, write_result
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHASES = ("sample", "verify", "memory", "teacher", "update")
+MEMORY_PARTS = ("memory_remember", "memory_reflect", "memory_evolve")  # split time/memory
 COMMON = (
     "eval.initial=false",
     "eval.final=false",
@@ -31,6 +35,10 @@ COMMON = (
     "tensorboard=false",
     "checkpoint.every_steps=0",  # one save, at the end (not in any phase time)
     "checkpoint.keep_best=0",  # ranks by eval, and there is none
+    # Behaviour evolution at steps 1 and 3 (arith: 2, 5, 8): its sampler compiles in step 1, which
+    # is not counted, and the counted steps 2-3 hold one evolution (arith: one step in three).
+    "behaviours.warmup_steps=1",
+    "behaviours.every_steps=2",
 )
 # Smaller rollouts and generations for a run that fits the `make bench` budget; same phases.
 QUICK = (
@@ -65,7 +73,7 @@ def phase_means(records: list[dict], first_step: int) -> dict[str, float]:
     kept = [r for r in records if r["step"] >= first_step and "time/step" in r]
     if not kept:
         raise ValueError(f"step_overhead: no step >= {first_step} with time/* metrics")
-    keys = [f"time/{phase}" for phase in PHASES] + ["time/step"]
+    keys = [f"time/{phase}" for phase in (*PHASES, *MEMORY_PARTS)] + ["time/step"]
     return {key.split("/")[1]: sum(r.get(key, 0.0) for r in kept) / len(kept) for key in keys}
 
 
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             result[algorithm] = {"phases_s": means, "run_seconds": seconds}
             print(
                 f"[step_overhead] {algorithm}: {means['step']:.1f} s/step ("
-                + ", ".join(f"{p} {means[p]:.1f}" for p in PHASES)
+                + ", ".join(f"{p} {means[p]:.1f}" for p in (*PHASES, *MEMORY_PARTS))
                 + f"); whole run {seconds:.0f} s",
                 flush=True,
             )

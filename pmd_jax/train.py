@@ -401,6 +401,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
         reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
         updating = config.ablation != "frozen_memory"
         if updating and config.level_enabled("exp"):
+            part = time.perf_counter()
             memory, stats, changed = phases.remember(
                 memory,
                 run.memory_config,
@@ -411,7 +412,9 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
                 step,
             )
             metrics.update(stats)
+            times["time/memory_remember"] = time.perf_counter() - part
             if config.level_enabled("ins"):
+                part = time.perf_counter()
                 memory, stats, _ = phases.reflect_on_groups(
                     memory,
                     run.memory_config,
@@ -426,7 +429,9 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
                     step,
                 )
                 metrics.update(stats)
+                times["time/memory_reflect"] = time.perf_counter() - part
         if updating and config.level_enabled("beh"):
+            part = time.perf_counter()
             memory, stats, centroids = phases.maybe_evolve(
                 memory,
                 run.memory_config,
@@ -443,6 +448,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
                 centroids,
             )
             metrics.update(stats)
+            times["time/memory_evolve"] = time.perf_counter() - part
         metrics.update(_memory_metrics(memory, run.memory_config))
     times["time/memory"] = time.perf_counter() - start
 
@@ -478,7 +484,8 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
     metrics["reward/accuracy"] = float(np.mean(rollouts.rewards > 0.5))
     metrics["response/length_mean"] = float(np.mean(rollouts.lengths))
     metrics.update(times)
-    metrics["time/step"] = sum(times.values())
+    # time/memory_* split time/memory (remember, reflect, evolve); they are not added again.
+    metrics["time/step"] = sum(v for k, v in times.items() if not k.startswith("time/memory_"))
     return state, memory, metrics, centroids
 
 

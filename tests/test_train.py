@@ -95,6 +95,12 @@ def test_tiny_pmd_via_make_fills_all_three_memory_levels(train_env, tmp_path):
         "eval/avg_at_k",
     ):
         assert any(key in r for r in records), key
+    for r in (r for r in records if "time/step" in r):
+        # time/memory_* split time/memory; time/step is the sum of the top-level phases.
+        parts = [r[f"time/memory_{p}"] for p in ("remember", "reflect", "evolve")]
+        assert 0.0 < sum(parts) <= r["time/memory"], r
+        phases = ("sample", "verify", "memory", "teacher", "update")
+        assert r["time/step"] == pytest.approx(sum(r[f"time/{p}"] for p in phases)), r
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         "4",
         "6",
