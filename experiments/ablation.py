@@ -13,7 +13,8 @@ exp+ins+beh is PMD itself).
 
 Each run is `python -m pmd_jax.train --exp arith` in its own directory `WORKDIR/TYPE/seedS`, so an
 interrupted study resumes: finished runs are skipped, unfinished ones resume from their last
-checkpoint. Writes RESULTS/table.md, RESULTS/curves.png and RESULTS/runs.json.
+checkpoint. Each start or resume appends the code's commit to the run's code_version.txt and the
+table names them. Writes RESULTS/table.md, RESULTS/curves.png and RESULTS/runs.json.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "arith"
+CODE_PATHS = ("pmd_jax", "kernels", "experiments/arith.py", "experiments/ablation.py", "setup.py")
 EXPERIMENT = "arith"
 
 # Run type -> overrides on top of experiments/arith.py ({memory} = the final memory of the frozen
@@ -107,6 +109,29 @@ def is_finished(run_dir: pathlib.Path, steps: int) -> bool:
     return any(r["step"] == steps and "eval/avg_at_k" in r for r in read_metrics(run_dir))
 
 
+def code_version(root: pathlib.Path = ROOT) -> str:
+    """The short commit of `root`, "+changes" when tracked code differs from it; "unknown"
+    outside a git checkout."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changes = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    except OSError:  # no git
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")
+
+
+def run_versions(run_dir: pathlib.Path) -> list[str]:
+    """The code versions a run was started (or resumed) with, in order; [] if not recorded."""
+    path = run_dir / "code_version.txt"
+    return path.read_text().split() if path.exists() else []
+
+
 def _wall_seconds(run_dir: pathlib.Path) -> float:
     path = run_dir / "wall_seconds.json"
     return json.loads(path.read_text())["seconds"] if path.exists() else 0.0
@@ -129,6 +154,8 @@ def run_one(study: Study, run_type: str, seed: int, log) -> None:
         command += ["--set", item]
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(study.workdir / "jax_cache"))
+    with open(run_dir / "code_version.txt", "a") as out:  # one line per start or resume
+        out.write(code_version() + "\n")
     start = time.perf_counter()
     with open(run_dir / "train.log", "a") as out:
         out.write(f"$ {shlex.join(command)}\n")
@@ -218,6 +245,7 @@ def write_table(study: Study, curves: dict, path: pathlib.Path, command: str, wa
         f"experiment evaluates, every {study.eval_every} steps.  ",
         f"Seeds asked: {', '.join(map(str, study.seeds))}; the seeds column says how many "
         f"finished.  ",
+        f"Code: {_versions_line(study, curves)}.  ",
         f"Wall time of the runs (sum): {wall / 3600:.2f} h on {_machine()}; "
         f"written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
         "",
@@ -231,6 +259,19 @@ def write_table(study: Study, curves: dict, path: pathlib.Path, command: str, wa
     if missing:
         lines.append(f"Asked but not finished (no row): {', '.join(missing)}.")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _versions_line(study: Study, curves: dict) -> str:
+    """Which commits the finished runs were started or resumed with."""
+    runs: dict[str, list[str]] = {}
+    for run_type in study.run_types:
+        for seed in curves.get(run_type, {}):
+            versions = run_versions(study.run_dir(run_type, seed)) or ["not recorded"]
+            for version in dict.fromkeys(versions):
+                runs.setdefault(version, []).append(f"{run_type}/seed{seed}")
+    if len(runs) == 1:
+        return f"{next(iter(runs))} (every finished run)"
+    return "; ".join(f"{version} ({', '.join(names)})" for version, names in runs.items())
 
 
 def _machine() -> str:

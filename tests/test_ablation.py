@@ -101,6 +101,7 @@ def test_report_writes_table_curves_and_runs(tmp_path):
     assert "Command: `make ablation`" in table
     assert "| PMD (exp+ins+beh) | 1 | 75.0 +- 0.0 | 75.0 +- 0.0 |" in table
     assert "Wall time of the runs (sum): 0.50 h" in table
+    assert "Code: not recorded (every finished run)." in table
     assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = json.loads((results / "runs.json").read_text())
     assert runs["sdpo"]["0"] == {"0": 0.25, "2": 0.25, "4": 0.5}
@@ -128,3 +129,29 @@ def test_unknown_run_type_is_refused(capsys):
     with pytest.raises(SystemExit, match="unknown run types"):
         ablation.main(["--runs", "pmd,dpo", "--report-only"])
     assert pathlib.Path(ablation.RESULTS).name == "arith"
+
+
+def test_table_names_the_code_versions_of_the_finished_runs(tmp_path):
+    study = _study(tmp_path / "runs", run_types=("pmd", "sdpo"), seeds=(0,))
+    _write_run(study, "pmd", 0, {0: 0.25, 4: 0.5})
+    _write_run(study, "sdpo", 0, {0: 0.25, 4: 0.5})
+    (study.run_dir("pmd", 0) / "code_version.txt").write_text("abc1234\nabc1234\n")
+    (study.run_dir("sdpo", 0) / "code_version.txt").write_text("abc1234\ndef5678+changes\n")
+    ablation.report(study, tmp_path / "results", "make ablation")
+    table = (tmp_path / "results" / "table.md").read_text()
+    assert "Code: abc1234 (pmd/seed0, sdpo/seed0); def5678+changes (sdpo/seed0)." in table
+
+
+def test_code_version_is_this_checkouts_commit(tmp_path):
+    import subprocess
+
+    head = subprocess.run(
+        ["git", "-C", str(ablation.ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    version = ablation.code_version()
+    if head.returncode != 0:
+        assert version == "unknown"
+    else:
+        assert version.split("+")[0] == head.stdout.strip()
+    assert ablation.code_version(tmp_path) == "unknown"  # not a git checkout
