@@ -58,6 +58,20 @@ CASES = [
     ('{"actions": []}', [], True, 0),  # a valid "no change"
     ('{"verdict": "fine"}', [], False, 0),  # wrong schema
     ('["check_units", "write_steps"]', [], False, 0),  # a list of strings
+    (  # the degenerate bank SmolLM2-135M wrote in the ablation (README): all dropped, counted
+        '[{"name": "pow_pow", "instruction": "###"}, {"name": "10", "instruction": "10 + 10 = 20"},'
+        ' {"name": "mistake", "instruction": "###"}, {"name": "Check Units", "instruction": '
+        '"check units"}, {"name": "check_units", "instruction": "Check the units."}]',
+        [("new", "check_units", "Check the units.")],
+        True,
+        4,
+    ),
+    (  # nothing but degenerate items: no usable action
+        '{"actions": [{"op": "update", "name": "pow_pow", "instruction": "## 2"}]}',
+        [],
+        False,
+        1,
+    ),
     ("", [], False, 0),
     ("I think the library is fine as it is.", [], False, 0),
     (  # bad items dropped: empty name, missing instruction, unknown op, name not a string
@@ -70,8 +84,8 @@ CASES = [
     ),
     (  # op synonyms and "behaviours" key; instruction whitespace collapsed
         '{"behaviours": [{"op": "Add", "name": "x", "instruction": " Do\\n  it. "}, '
-        '{"op": "edit", "name": "y", "instruction": "Better."}, {"op": "delete", "name": "z"}]}',
-        [("new", "x", "Do it."), ("update", "y", "Better."), ("remove", "z", "")],
+        '{"op": "edit", "name": "y", "instruction": "Show each step."}, {"op": "delete", "name": "z"}]}',
+        [("new", "x", "Do it."), ("update", "y", "Show each step."), ("remove", "z", "")],
         True,
         0,
     ),
@@ -89,8 +103,8 @@ CASES = [
     ),
     ("{'name': 'python_dict', 'instruction': 'not JSON'}", [], False, 0),  # never eval'd
     (  # seen from SmolLM2: no comma between items, so the list fails and the items are kept
-        '[{"name": "a", "instruction": "One."} {"name": "b", "instruction": "Two."}]',
-        [("new", "a", "One."), ("new", "b", "Two.")],
+        '[{"name": "a", "instruction": "Step one."} {"name": "b", "instruction": "Step two."}]',
+        [("new", "a", "Step one."), ("new", "b", "Step two.")],
         True,
         0,
     ),

@@ -7,8 +7,12 @@ trailing commas. The first complete container wins; when there is none (output c
 limit) the complete item objects found in the text are kept. Items of the wrong schema are dropped
 and counted. Op synonyms (add/create, edit/modify, delete/drop, ...) map to the three ops. Names
 are normalised to snake_case ([a-z0-9_], at most MAX_NAME_CHARS, cut at a word boundary); an
-instruction is required for new/update, remove needs only the name. Never raises, never
-evaluates the text.
+instruction is required for new/update, remove needs only the name. A new/update item is dropped
+(and counted) when it is degenerate, the shapes SmolLM2-135M writes: a name without a letter
+("10"), an instruction with fewer than MIN_INSTRUCTION_WORDS words that have a letter ("###",
+"10 + 10 = 20"), or an instruction that only repeats the name. Such entries are not harmless:
+put in a prompt, they are copied into answers (README, "The ablation study"). Never raises,
+never evaluates the text.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import re
 from typing import Any, NamedTuple
 
 MAX_NAME_CHARS = 64
+MIN_INSTRUCTION_WORDS = 2  # words with a letter; "###" and "10 + 10 = 20" have none
+_LETTER = re.compile(r"[a-zA-Z]")
 
 
 class Action(NamedTuple):
@@ -86,9 +92,21 @@ def _to_action(item: Any) -> Action | None:
         return None
     name = normalise_name(name)
     instruction = " ".join(instruction.split()) if op != "remove" else ""
-    if not name or (op != "remove" and not instruction):
+    if not name or (op != "remove" and is_degenerate(name, instruction)):
         return None
     return Action(op, name, instruction)
+
+
+def is_degenerate(name: str, instruction: str) -> bool:
+    """A new/update entry that says nothing: `name` (normalised) without a letter, fewer than
+    MIN_INSTRUCTION_WORDS words with a letter in `instruction`, or an instruction that is the
+    name again ("check units" for check_units)."""
+    words = [word for word in instruction.split() if _LETTER.search(word)]
+    return (
+        not _LETTER.search(name)
+        or len(words) < MIN_INSTRUCTION_WORDS
+        or normalise_name(instruction) == name
+    )
 
 
 def _container_items(value: Any) -> list | None:
@@ -109,7 +127,8 @@ def parse_behaviour_actions(text: str) -> ParsedActions:
     Accepts {"actions": [...]} (also "behaviours"/"behaviors"), a bare list of items (the cold-start
     shape; items without "op" are "new"), JSON in a code fence or inside prose, trailing commas.
     The first complete container wins; when there is none (truncated output) the complete item
-    objects found in the text are kept. Items of the wrong schema are dropped and counted; ok is
+    objects found in the text are kept. Items of the wrong schema and degenerate new/update
+    items (`is_degenerate`) are dropped and counted; ok is
     False when nothing usable was found (an empty container is a valid "no change").
     """
     values = _json_values(text if isinstance(text, str) else "")
