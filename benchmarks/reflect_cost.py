@@ -1,0 +1,106 @@
+"""Where a reflection call's time goes, on the default run's reflection settings (experiments/arith.py).
+
+Builds the reflection requests of the stored rollout groups in benchmarks/results/reflect.json
+(written by benchmarks/reflect_parse_rate.py: 16 arith problems x 4 SmolLM2-135M rollouts), takes
+the first `--batch` of them (the default run reflects on 4 problems a step), and times, each after
+a warm-up call:
+- prefill: the Transformer forward of the left-padded prompts at the fixed width
+  (ReflectConfig.prompt_width, 768) and at narrower widths that still hold them;
+- the whole reflection sample call (prefill + decode loop up to max_new_tokens), and how many
+  tokens each row generated (the loop runs until every row has stopped);
+- one decode step at that batch, from sample calls of two lengths (difference / extra tokens),
+  next to one pass that reads every weight once (a sum over all parameters): a decode step that
+  costs about that pass is bound by reading the weights, not by the rows.
+Writes benchmarks/results/reflect_cost.json.  Run: `python -m benchmarks.reflect_cost` (~5 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR, machine_description, write_result
+from experiments.arith import CONFIG
+from pmd_jax.memory.reflect import Attempt, build_reflection_requests, sample_config
+from pmd_jax.model import load
+from pmd_jax.model.transformer import Transformer, positions_from_mask
+from pmd_jax.sampling import SampleConfig, left_pad, sample
+
+
+def timed(fn, *args) -> float:
+    """Seconds of one call of `fn(*args)` after a warm-up call (compile excluded)."""
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=CONFIG.reflect.batch_size)
+    parser.add_argument("--widths", type=int, nargs="+", default=[768, 640, 512])
+    args = parser.parse_args()
+    stored = json.loads((RESULTS_DIR / "reflect.json").read_text())
+    groups = [[Attempt(*attempt) for attempt in group] for group in stored["groups"]]
+    model = load("smollm2-135m-instruct")
+    tokenizer, config = model.tokenizer, CONFIG.reflect
+    requests = build_reflection_requests(tokenizer, stored["questions"], groups, config)
+    prompts = [list(r.prompt_ids) for r in requests[: args.batch]]
+    longest = max(len(p) for p in prompts)
+    print(f"[reflect_cost] prompt tokens {sorted(len(r.prompt_ids) for r in requests)}")
+
+    forward = jax.jit(
+        lambda params, tokens, mask: Transformer(model.config).apply(
+            {"params": params}, tokens, positions_from_mask(mask), mask
+        )
+    )
+    prefill = {}
+    for width in (w for w in args.widths if w >= longest):
+        tokens, mask = left_pad(prompts, tokenizer.pad_id, length=width)
+        prefill[width] = timed(forward, model.params, tokens, mask)
+        print(f"[reflect_cost] prefill at width {width}: {prefill[width]:.2f} s")
+
+    tokens, mask = left_pad(prompts, tokenizer.pad_id, length=config.prompt_width)
+    rng = jax.random.PRNGKey(0)
+    reflect_config = sample_config(tokenizer, config)
+    call = lambda c: sample(model.params, model.config, tokens, mask, rng, c)  # noqa: E731
+    whole = timed(call, reflect_config)
+    lengths = np.asarray(call(reflect_config).lengths).tolist()
+    print(f"[reflect_cost] reflection call {whole:.2f} s, generated tokens per row {lengths}")
+
+    # No stop ids: every row decodes exactly max_new_tokens, so the difference is decode only.
+    short, long = 8, 40
+    fixed = lambda n: SampleConfig(max_new_tokens=n, temperature=1.0)  # noqa: E731
+    decode_step = (timed(call, fixed(long)) - timed(call, fixed(short))) / (long - short)
+    leaves = jax.tree_util.tree_leaves(model.params)
+    weight_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+    read_all = jax.jit(lambda params: sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(params)))
+    read_seconds = timed(read_all, model.params)
+    print(
+        f"[reflect_cost] decode step at batch {len(prompts)}: {decode_step * 1e3:.1f} ms; one pass "
+        f"over the {weight_bytes / 2**20:.0f} MiB of weights: {read_seconds * 1e3:.1f} ms"
+    )
+    result = {
+        "benchmark": "reflect_cost",
+        "batch": len(prompts),
+        "prompt_width": config.prompt_width,
+        "max_new_tokens": config.max_new_tokens,
+        "prompt_tokens": [len(p) for p in prompts],
+        "prefill_seconds_by_width": prefill,
+        "reflection_call_seconds": whole,
+        "generated_tokens": lengths,
+        "decode_step_seconds": decode_step,
+        "weight_bytes": weight_bytes,
+        "read_all_weights_seconds": read_seconds,
+        "machine": machine_description(),
+    }
+    print(f"[reflect_cost] wrote {write_result('reflect_cost', result)}")
+
+
+if __name__ == "__main__":
+    main()
