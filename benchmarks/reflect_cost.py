@@ -11,20 +11,19 @@ a warm-up call:
 - one decode step at that batch, from sample calls of two lengths (difference / extra tokens),
   next to one pass that reads every weight once (a sum over all parameters): a decode step that
   costs about that pass is bound by reading the weights, not by the rows.
-Writes benchmarks/results/reflect_cost.json.  Run: `python -m benchmarks.reflect_cost` (~5 min).
+Writes benchmarks/results/reflect_cost.json.  Run: `python -m benchmarks.reflect_cost` (~3 min quiet).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, machine_description, write_result
+from benchmarks.common import RESULTS_DIR, best_time, machine_description, write_result
 from experiments.arith import CONFIG
 from pmd_jax.memory.reflect import Attempt, build_reflection_requests, sample_config
 from pmd_jax.model import load
@@ -32,12 +31,11 @@ from pmd_jax.model.transformer import Transformer, positions_from_mask
 from pmd_jax.sampling import SampleConfig, left_pad, sample
 
 
-def timed(fn, *args) -> float:
-    """Seconds of one call of `fn(*args)` after a warm-up call (compile excluded)."""
-    jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start
+def timed(fn, *args) -> tuple[float, object]:
+    """(seconds of one call of `fn(*args)` after a warm-up call, the warm-up's output)."""
+    output = jax.block_until_ready(fn(*args))  # compiles
+    seconds, _ = best_time(lambda: jax.block_until_ready(fn(*args)), repeats=1)
+    return seconds, output
 
 
 def main() -> None:
@@ -62,25 +60,25 @@ def main() -> None:
     prefill = {}
     for width in (w for w in args.widths if w >= longest):
         tokens, mask = left_pad(prompts, tokenizer.pad_id, length=width)
-        prefill[width] = timed(forward, model.params, tokens, mask)
+        prefill[width], _ = timed(forward, model.params, tokens, mask)
         print(f"[reflect_cost] prefill at width {width}: {prefill[width]:.2f} s")
 
     tokens, mask = left_pad(prompts, tokenizer.pad_id, length=config.prompt_width)
     rng = jax.random.PRNGKey(0)
     reflect_config = sample_config(tokenizer, config)
     call = lambda c: sample(model.params, model.config, tokens, mask, rng, c)  # noqa: E731
-    whole = timed(call, reflect_config)
-    lengths = np.asarray(call(reflect_config).lengths).tolist()
+    whole, output = timed(call, reflect_config)
+    lengths = np.asarray(output.lengths).tolist()
     print(f"[reflect_cost] reflection call {whole:.2f} s, generated tokens per row {lengths}")
 
     # No stop ids: every row decodes exactly max_new_tokens, so the difference is decode only.
     short, long = 8, 40
     fixed = lambda n: SampleConfig(max_new_tokens=n, temperature=1.0)  # noqa: E731
-    decode_step = (timed(call, fixed(long)) - timed(call, fixed(short))) / (long - short)
+    decode_step = (timed(call, fixed(long))[0] - timed(call, fixed(short))[0]) / (long - short)
     leaves = jax.tree_util.tree_leaves(model.params)
     weight_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
     read_all = jax.jit(lambda params: sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(params)))
-    read_seconds = timed(read_all, model.params)
+    read_seconds, _ = timed(read_all, model.params)
     print(
         f"[reflect_cost] decode step at batch {len(prompts)}: {decode_step * 1e3:.1f} ms; one pass "
         f"over the {weight_bytes / 2**20:.0f} MiB of weights: {read_seconds * 1e3:.1f} ms"

@@ -7,8 +7,8 @@ split into time/memory_remember, time/memory_reflect, time/memory_evolve),
 time/teacher (teacher prompts) and time/update (the jit'd train step). Step 1 compiles, so the
 figures are means over steps 2..total_steps; behaviour evolution runs at steps 1 and 3, so its
 compile falls in step 1 and the counted steps evolve every second step (arith's own cadence is
-every third: the figure overstates evolution's share). `--quick` shrinks the batch and generation lengths
-(same model and phases) so the whole benchmark takes a few minutes on 2 cores.
+every third: the figure overstates evolution's share). `--quick` shrinks the batch and generation
+lengths (same model and phases) so the whole benchmark takes a few minutes on 2 cores.
 Writes benchmarks/results/step_overhead.json.  Run: `python -m benchmarks.step_overhead [--quick]`.
 """
 

@@ -127,9 +127,9 @@ def parse_behaviour_actions(text: str) -> ParsedActions:
     Accepts {"actions": [...]} (also "behaviours"/"behaviors"), a bare list of items (the cold-start
     shape; items without "op" are "new"), JSON in a code fence or inside prose, trailing commas.
     The first complete container wins; when there is none (truncated output) the complete item
-    objects found in the text are kept. Items of the wrong schema and degenerate new/update
-    items (`is_degenerate`) are dropped and counted; ok is
-    False when nothing usable was found (an empty container is a valid "no change").
+    objects found in the text are kept. Items of the wrong schema and degenerate new/update items
+    (`is_degenerate`) are dropped and counted; ok is False when nothing usable was found (an empty
+    container is a valid "no change").
     """
     values = _json_values(text if isinstance(text, str) else "")
     containers = [items for value in values if (items := _container_items(value)) is not None]
