@@ -62,7 +62,9 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """clip_by_global_norm -> AdamW(schedule); weight decay skips 1-D leaves (norm scales)."""
+    """clip_by_global_norm -> AdamW(schedule); weight decay skips 1-D leaves (norm scales).
+
+    `update` accepts `grad_norm=` (the global norm of the gradients, when the caller has it)."""
     adamw = optax.adamw(
         learning_rate_schedule(config, total_steps),
         b1=config.b1,
@@ -72,8 +74,28 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
         mask=decay_mask,
     )
     if config.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
+        return optax.chain(clip_by_global_norm(config.grad_clip), adamw)
     return adamw
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """optax.clip_by_global_norm (same arithmetic, same empty state, so checkpoints match) that
+    takes the gradients' global norm from the caller: `optimizer.update(grads, state, params,
+    grad_norm=n)`. The train step computes that norm once for its finite check and its metric;
+    without it the clip would read every gradient entry again. Without `grad_norm` it computes
+    the norm itself."""
+
+    def update_fn(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+        trigger = norm < max_norm
+
+        def clip(t):
+            return jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm)
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 def decay_mask(params):

@@ -220,11 +220,6 @@ def accumulated_grads(
     return loss, metrics, grads
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves))
-
-
 def loss_spike(loss: jax.Array, recent_losses: jax.Array, factor: float) -> jax.Array:
     """[] bool: the guard is on, the window [W] is full and |loss| > factor x mean |recent|.
 
@@ -260,18 +255,30 @@ def train_step(
         poisoned = state.step + 1 == config.nan_grad_at_step
         grads = jax.tree.map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
     spike = loss_spike(loss, state.recent_losses, config.loss_spike_factor)
-    apply = _all_finite(grads) & jnp.isfinite(loss) & ~spike
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(apply, new, old))
-    params = keep(new_params, state.params)
-    opt_state = keep(new_opt_state, state.opt_state)
+    # One reduction over every gradient entry serves the finite check (a NaN or inf anywhere
+    # makes the norm non-finite; so does a norm above ~1.8e19, beyond float32's sum of squares),
+    # the optimizer's clipping and the metric.
+    grad_norm = optax.tree.norm(grads)
+    apply = jnp.isfinite(grad_norm) & jnp.isfinite(loss) & ~spike
+
+    def update(params_and_opt_state):
+        params, opt_state = params_and_opt_state
+        updates, opt_state = optax.with_extra_args_support(optimizer).update(
+            grads, opt_state, params, grad_norm=grad_norm
+        )
+        return optax.apply_updates(params, updates), opt_state
+
+    # A cond rather than a select per leaf: a skipped step costs nothing extra and a taken one
+    # does not read and write every parameter and moment a second time.
+    params, opt_state = lax.cond(
+        apply, update, lambda unchanged: unchanged, (state.params, state.opt_state)
+    )
     teacher = state.teacher_params
     if teacher is not None and config.teacher_tau > 0:
         teacher = jax.tree.map(lambda t, s: ema_leaf(t, s, config.teacher_tau), teacher, params)
     metrics = dict(metrics)
     metrics["train/loss"] = loss
-    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/grad_norm"] = grad_norm
     metrics["train/update_skipped"] = (~apply).astype(jnp.float32)
     metrics["train/loss_spike"] = spike.astype(jnp.float32)
     new_state = TrainState(
