@@ -7,7 +7,9 @@ a warm-up call:
 - prefill: the Transformer forward of the left-padded prompts at the fixed width
   (ReflectConfig.prompt_width, 768) and at narrower widths that still hold them;
 - the whole reflection sample call (prefill + decode loop up to max_new_tokens), and how many
-  tokens each row generated (the loop runs until every row has stopped);
+  tokens each row generated (the loop runs until every row has stopped); once with the sampler's
+  windowed prefill (SampleConfig.prefill_bucket, the default) and once prefilling the whole
+  fixed width (prefill_bucket=0, the sampler before the window), same rng, same tokens;
 - one decode step at that batch, from sample calls of two lengths (difference / extra tokens),
   next to one pass that reads every weight once (a sum over all parameters): a decode step that
   costs about that pass is bound by reading the weights, not by the rows.
@@ -17,7 +19,10 @@ Writes benchmarks/results/reflect_cost.json.  Run: `python -m benchmarks.reflect
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +46,7 @@ def timed(fn, *args) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=CONFIG.reflect.batch_size)
-    parser.add_argument("--widths", type=int, nargs="+", default=[768, 640, 512])
+    parser.add_argument("--widths", type=int, nargs="+", default=[768, 640, 512, 384])
     args = parser.parse_args()
     stored = json.loads((RESULTS_DIR / "reflect.json").read_text())
     groups = [[Attempt(*attempt) for attempt in group] for group in stored["groups"]]
@@ -67,9 +72,24 @@ def main() -> None:
     rng = jax.random.PRNGKey(0)
     reflect_config = sample_config(tokenizer, config)
     call = lambda c: sample(model.params, model.config, tokens, mask, rng, c)  # noqa: E731
-    whole, output = timed(call, reflect_config)
+    # Windowed vs whole-width prefill, compiled first, then timed alternately (best of 2 each).
+    configs = (reflect_config, dataclasses.replace(reflect_config, prefill_bucket=0))
+    outputs = [jax.block_until_ready(call(c)) for c in configs]
+    seconds = [math.inf, math.inf]
+    for _ in range(2):
+        for index, c in enumerate(configs):
+            start = time.perf_counter()
+            jax.block_until_ready(call(c))
+            seconds[index] = min(seconds[index], time.perf_counter() - start)
+    (whole, whole_width), (output, reference) = seconds, outputs
     lengths = np.asarray(output.lengths).tolist()
     print(f"[reflect_cost] reflection call {whole:.2f} s, generated tokens per row {lengths}")
+    same_tokens = bool(np.array_equal(np.asarray(reference.tokens), np.asarray(output.tokens)))
+    print(
+        f"[reflect_cost] the same call prefilling the whole width {config.prompt_width}: "
+        f"{whole_width:.2f} s ({whole_width / whole:.2f}x the windowed call; same tokens: "
+        f"{same_tokens})"
+    )
 
     # No stop ids: every row decodes exactly max_new_tokens, so the difference is decode only.
     short, long = 8, 40
@@ -91,6 +111,9 @@ def main() -> None:
         "prompt_tokens": [len(p) for p in prompts],
         "prefill_seconds_by_width": prefill,
         "reflection_call_seconds": whole,
+        "prefill_bucket": reflect_config.prefill_bucket,
+        "reflection_call_seconds_whole_width_prefill": whole_width,
+        "whole_width_tokens_equal": same_tokens,
         "generated_tokens": lengths,
         "decode_step_seconds": decode_step,
         "weight_bytes": weight_bytes,

@@ -1,8 +1,9 @@
 """Sampling: jit-compiled prefill + on-device decode loop over a static-length KV cache.
 
 `sample(params, model_config, prompt_tokens, prompt_mask, rng, config)` is a pure function. Prompts
-are left-padded to a common length T; each prompt is prefilled once (the scanned Transformer) and its
-cache repeated J times (group sampling). The decode loop is a `lax.while_loop` that exits when every
+are left-padded to a common length T; each prompt is prefilled once (the scanned Transformer, on the
+narrowest window of trailing columns that holds every prompt: `prefill`) and its cache repeated J
+times (group sampling). The decode loop is a `lax.while_loop` that exits when every
 row has stopped; its step is pmd_jax/model/decode.py (layers unrolled, weights laid out once per
 call, a cache per layer laid out for its attention dots). Rows
 are ordered prompt-major: row b * J + j is rollout j of prompt b. Shapes: B prompts, J samples per
@@ -37,6 +38,11 @@ class SampleConfig:
     num_samples: int = 1  # J
     stop_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    # Prefill only the last multiple of this many prompt columns that holds every prompt of the
+    # batch (0: always the whole width). Callers pad to a fixed width so a run compiles once
+    # (ReflectConfig.prompt_width); with this the forward skips the all-padding columns at the
+    # left instead of computing them. Every window is a branch of the one compiled program.
+    prefill_bucket: int = 128
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -47,6 +53,8 @@ class SampleConfig:
             raise ValueError(f"SampleConfig.top_p={self.top_p} must be in (0, 1]")
         if self.top_k < 0 or self.num_samples < 1:
             raise ValueError("SampleConfig.top_k must be >= 0 and num_samples >= 1")
+        if self.prefill_bucket < 0:
+            raise ValueError(f"SampleConfig.prefill_bucket={self.prefill_bucket} must be >= 0")
 
 
 class SampleOutput(NamedTuple):
@@ -110,6 +118,52 @@ def _logits(hidden: jax.Array, lm_head_DxV: jax.Array) -> jax.Array:
     return jnp.dot(hidden, lm_head_DxV.astype(hidden.dtype), preferred_element_type=jnp.float32)
 
 
+def prefill_widths(prompt_len: int, bucket: int) -> tuple[int, ...]:
+    """The prefill windows of a [B, prompt_len] batch: multiples of `bucket` below prompt_len, then
+    prompt_len itself (ascending; just (prompt_len,) when bucket is 0)."""
+    if bucket <= 0:
+        return (prompt_len,)
+    return (*range(bucket, prompt_len, bucket), prompt_len)
+
+
+def prefill(
+    params: dict,
+    model_config: ModelConfig,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    positions: jax.Array,
+    bucket: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The prompt forward for left-padded prompt_tokens, prompt_mask, positions: [B, T].
+
+    Runs the Transformer on the narrowest window of trailing columns (`prefill_widths`) that holds
+    every row's prompt, chosen at run time (lax.switch): the columns left of it are padding in
+    every row, masked for every query, so they change no real token's result (float sums may round
+    differently, as any change of padding width does). Their keys/values are zeros, masked in the
+    cache as before. Returns (final-norm hidden state of the last column [B, D], keys, values
+    [L, B, T, K, Dh]).
+    """
+    prompt_len = prompt_tokens.shape[1]
+    widths = prefill_widths(prompt_len, bucket)
+
+    def window(width: int):
+        def run(tokens, mask, positions):
+            hidden, (keys, values) = Transformer(model_config).apply(
+                {"params": params}, tokens[:, -width:], positions[:, -width:], mask[:, -width:]
+            )
+            pad = [(0, 0), (0, 0), (prompt_len - width, 0), (0, 0), (0, 0)]
+            return hidden[:, -1], jnp.pad(keys, pad), jnp.pad(values, pad)
+
+        return run
+
+    if len(widths) == 1:
+        return window(prompt_len)(prompt_tokens, prompt_mask, positions)
+    longest = jnp.max(jnp.sum(prompt_mask, axis=1))
+    branch = jnp.searchsorted(jnp.asarray(widths, jnp.int32), longest.astype(jnp.int32))
+    branches = [window(width) for width in widths]
+    return jax.lax.switch(branch, branches, prompt_tokens, prompt_mask, positions)
+
+
 class _DecodeState(NamedTuple):
     step: jax.Array  # scalar int32
     cache: KVCache  # L x keys [N, K, Dh, S] and values [N, K, S, Dh], mask [N, S]
@@ -146,14 +200,14 @@ def sample(
     prompt_mask = prompt_mask.astype(bool)
 
     positions = positions_from_mask(prompt_mask)
-    hidden, (keys, values) = Transformer(model_config).apply(
-        {"params": params}, prompt_tokens, positions, prompt_mask
+    last_hidden, keys, values = prefill(
+        params, model_config, prompt_tokens, prompt_mask, positions, config.prefill_bucket
     )
     repeat = functools.partial(jnp.repeat, repeats=config.num_samples, total_repeat_length=rows)
     state = _DecodeState(
         step=jnp.zeros((), jnp.int32),
         cache=cache_from_prefill(keys, values, prompt_mask, config.num_samples, gen),
-        next_logits=repeat(_logits(hidden[:, -1], lm_head), axis=0),
+        next_logits=repeat(_logits(last_hidden, lm_head), axis=0),
         next_positions=repeat(positions[:, -1] + 1, axis=0),
         tokens=jnp.full((rows, gen), config.pad_id, jnp.int32),
         logprobs=jnp.zeros((rows, gen), jnp.float32),

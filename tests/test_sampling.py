@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from pmd_jax.model.config import ModelConfig
-from pmd_jax.model.transformer import forward, init_params
+from pmd_jax.model.transformer import forward, init_params, positions_from_mask
 from pmd_jax.sampling import (
     SampleConfig,
     choose_tokens,
     left_pad,
+    prefill,
+    prefill_widths,
     response_token_lists,
     sample,
     truncate_logits,
@@ -100,6 +102,47 @@ def test_greedy_with_cache_matches_full_recompute(variant):
     # float32 sums in another order (cache vs full recompute): median 1e-6, worst 1.3e-4 here.
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref_logprobs), atol=2e-4)
     assert np.all(np.asarray(out.lengths) == 32) and not np.any(np.asarray(out.stopped))
+
+
+def test_prefill_widths_are_bucket_multiples_then_the_width():
+    assert prefill_widths(768, 128) == (128, 256, 384, 512, 640, 768)
+    assert prefill_widths(700, 128) == (128, 256, 384, 512, 640, 700)
+    assert prefill_widths(128, 128) == (128,)
+    assert prefill_widths(100, 128) == (100,)
+    assert prefill_widths(768, 0) == (768,)
+
+
+def test_windowed_prefill_equals_the_whole_width_and_skips_padding_columns():
+    config = _tiny("llama")
+    params = _params(config)
+    prompts = _prompts()  # longest 15: with bucket 8 the 16-column window holds every prompt
+    tokens, mask = left_pad(prompts, pad_id=0, length=64)
+    positions = positions_from_mask(jnp.asarray(mask))
+    args = (params, config, jnp.asarray(tokens), jnp.asarray(mask), positions)
+    whole = prefill(*args, bucket=0)
+    windowed = prefill(*args, bucket=8)
+    np.testing.assert_allclose(whole[0], windowed[0], atol=1e-5)
+    real = np.asarray(mask)[None, :, :, None, None]  # [1, B, T, 1, 1]
+    for full, window in zip(whole[1:], windowed[1:], strict=True):
+        assert full.shape == window.shape == (2, 8, 64, 2, 16)
+        # Same numbers up to float32 sums over other widths (keys of size ~10 here: worst 8e-5).
+        np.testing.assert_allclose(np.where(real, full, 0), np.where(real, window, 0), atol=2e-4)
+        # The narrowest window was run: the 48 columns left of it hold zeros, not the pad
+        # token's keys/values (which the whole-width prefill computes).
+        assert not np.any(np.asarray(window)[:, :, :48]) and np.any(np.asarray(full)[:, :, :48])
+        assert np.all(np.any(np.asarray(window)[:, :, 48:] != 0, axis=(0, 1, 3, 4)))
+    # And the sampler on that wide padding still decodes what full recomputation decodes.
+    out = sample(
+        params,
+        config,
+        jnp.asarray(tokens),
+        jnp.asarray(mask),
+        jax.random.PRNGKey(1),
+        SampleConfig(max_new_tokens=8, temperature=0.0, prefill_bucket=8),
+    )
+    ref_tokens, ref_logprobs = _greedy_by_recompute(params, config, prompts, 8)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref_tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref_logprobs), atol=2e-4)
 
 
 def test_same_rng_gives_same_samples_and_groups_differ():
