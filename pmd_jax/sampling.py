@@ -70,11 +70,44 @@ class SampleOutput(NamedTuple):
     stopped: jax.Array
 
 
-def truncate_logits(scaled_logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+# Top-p reads the nucleus off this many most likely tokens (lax.top_k) when they hold top_p of the
+# mass in every row, and sorts the whole vocabulary only when some row is flatter than that.
+# On CPU (SmolLM2, 16 rows): the full sort 226 ms a decode step, top_k(256) 3 ms.
+TOP_P_CANDIDATES = 256
+
+
+def nucleus_threshold(
+    probs: jax.Array, top_p: float, candidates: int = TOP_P_CANDIDATES
+) -> jax.Array:
+    """The smallest probability in each row's top-p set. probs: [N, V] -> [N, 1].
+
+    The set is the most likely tokens whose mass before them is below top_p (at least one). When
+    the `candidates` most likely tokens of every row hold top_p, every other token has at least
+    that much mass before it, so the set lies within them and they give the same threshold as
+    sorting all V (up to the rounding of a cumulative sum of another length); otherwise (a flat
+    row) the whole vocabulary is sorted (lax.cond: one branch runs).
+    """
+
+    def from_sorted(sorted_probs: jax.Array) -> jax.Array:  # [N, M] descending
+        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+        num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)
+        return jnp.take_along_axis(sorted_probs, num_kept - 1, axis=-1)
+
+    full_sort = lambda: from_sorted(-jnp.sort(-probs, axis=-1))  # noqa: E731
+    if candidates >= probs.shape[-1]:
+        return full_sort()
+    top = jax.lax.top_k(probs, candidates)[0]
+    covered = jnp.all(jnp.sum(top, axis=-1) >= top_p)
+    return jax.lax.cond(covered, lambda: from_sorted(top), full_sort)
+
+
+def truncate_logits(
+    scaled_logits: jax.Array, top_k: int, top_p: float, top_p_candidates: int = TOP_P_CANDIDATES
+) -> jax.Array:
     """Set logits outside the top-k / top-p (nucleus) set to -inf. scaled_logits: [N, V] float32.
 
     Top-p keeps the smallest set of most likely tokens whose probability reaches top_p (at least one);
-    ties at the threshold are kept.
+    ties at the threshold are kept. top_p_candidates: see `nucleus_threshold`.
     """
     filtered = scaled_logits
     if top_k > 0:
@@ -82,10 +115,9 @@ def truncate_logits(scaled_logits: jax.Array, top_k: int, top_p: float) -> jax.A
         filtered = jnp.where(scaled_logits < kth_largest, -jnp.inf, filtered)
     if top_p < 1.0:
         probs = jax.nn.softmax(filtered, axis=-1)
-        sorted_probs = -jnp.sort(-probs, axis=-1)
-        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-        num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)
-        threshold = jnp.take_along_axis(sorted_probs, num_kept - 1, axis=-1)
+        # With top-k first, the nucleus lies within the k kept tokens: sort no more than those.
+        candidates = min(top_k, top_p_candidates) if top_k > 0 else top_p_candidates
+        threshold = nucleus_threshold(probs, top_p, candidates)
         filtered = jnp.where(probs >= threshold, filtered, -jnp.inf)
     return filtered
 

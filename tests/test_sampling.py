@@ -11,6 +11,7 @@ from pmd_jax.sampling import (
     SampleConfig,
     choose_tokens,
     left_pad,
+    nucleus_threshold,
     prefill,
     prefill_widths,
     response_token_lists,
@@ -259,6 +260,20 @@ def test_truncated_sampling_frequencies_match_distribution(top_k, top_p):
     np.testing.assert_allclose(
         np.exp(np.asarray(logprobs)), TOY_PROBS[np.asarray(tokens)], rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+def test_nucleus_threshold_from_candidates_equals_the_full_sort(top_p):
+    rng = np.random.default_rng(0)
+    peaked = jax.nn.softmax(jnp.asarray(rng.normal(size=(6, 500)) * 8, jnp.float32), axis=-1)
+    flat = jax.nn.softmax(jnp.asarray(rng.normal(size=(2, 500)) * 0.1, jnp.float32), axis=-1)
+    top16_mass = np.sort(np.asarray(peaked), axis=-1)[:, -16:].sum(-1)
+    assert np.all(top16_mass >= top_p), "the peaked rows must take the top-k path"
+    for probs in (peaked, jnp.concatenate([peaked, flat])):  # top-k path; full-sort fallback
+        full = nucleus_threshold(probs, top_p, candidates=500)
+        np.testing.assert_array_equal(nucleus_threshold(probs, top_p, candidates=16), full)
+        kept = np.sum(np.asarray(probs) >= np.asarray(full), axis=-1)
+        assert np.all(kept >= 1) and np.all(kept[6:] > 16)  # the flat rows need more than 16
 
 
 def test_top_p_keeps_at_least_the_most_likely_token():
