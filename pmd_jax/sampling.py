@@ -169,8 +169,8 @@ def prefill(
     """The prompt forward for left-padded prompt_tokens, prompt_mask, positions: [B, T].
 
     Runs the Transformer on the narrowest window of trailing columns (`prefill_widths`) that holds
-    every row's prompt, chosen at run time (lax.switch): the columns left of it are padding in
-    every row, masked for every query, so they change no real token's result (float sums may round
+    every column any row uses, chosen at run time (lax.switch): the columns left of it are padding
+    in every row, masked for every query, so they change no real token's result (float sums may round
     differently, as any change of padding width does). Their keys/values are zeros, masked in the
     cache as before. Returns (final-norm hidden state of the last column [B, D], keys, values
     [L, B, T, K, Dh]).
@@ -190,8 +190,9 @@ def prefill(
 
     if len(widths) == 1:
         return window(prompt_len)(prompt_tokens, prompt_mask, positions)
-    longest = jnp.max(jnp.sum(prompt_mask, axis=1))
-    branch = jnp.searchsorted(jnp.asarray(widths, jnp.int32), longest.astype(jnp.int32))
+    # Columns from the first one any row uses (a mask with holes keeps them inside the window).
+    needed = prompt_len - jnp.argmax(jnp.any(prompt_mask, axis=0)).astype(jnp.int32)
+    branch = jnp.searchsorted(jnp.asarray(widths, jnp.int32), needed)
     branches = [window(width) for width in widths]
     return jax.lax.switch(branch, branches, prompt_tokens, prompt_mask, positions)
 

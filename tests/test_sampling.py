@@ -132,6 +132,13 @@ def test_windowed_prefill_equals_the_whole_width_and_skips_padding_columns():
         # token's keys/values (which the whole-width prefill computes).
         assert not np.any(np.asarray(window)[:, :, :48]) and np.any(np.asarray(full)[:, :, :48])
         assert np.all(np.any(np.asarray(window)[:, :, 48:] != 0, axis=(0, 1, 3, 4)))
+    # A mask with a hole: the window still starts at the first column any row uses (here 40).
+    holed = np.asarray(mask).copy()
+    holed[0, 40:55] = [True] + [False] * 14
+    hole_args = (params, config, jnp.asarray(tokens), jnp.asarray(holed), positions)
+    whole_holed, windowed_holed = prefill(*hole_args, bucket=0), prefill(*hole_args, bucket=8)
+    np.testing.assert_allclose(whole_holed[0], windowed_holed[0], atol=1e-5)
+    assert np.any(np.asarray(windowed_holed[1])[:, 0, 40]), "the window cut a used column"
     # And the sampler on that wide padding still decodes what full recomputation decodes.
     out = sample(
         params,
