@@ -27,7 +27,9 @@ TEST_REQUIRES = [
     "pytest-xdist>=3.5",
     "hypothesis>=6.100",
     "torch==2.13.0",
-    "transformers>=5.0,<6",
+    # transformers 5.25 depends on Hugging Face's `kernels` distribution and imports it when
+    # installed; our top-level `kernels/` package (the Pallas kernels) shadows it in this repo.
+    "transformers>=5.0,<5.25",
     "accelerate>=1.0",
     "ruff>=0.6",
     "nbclient>=0.10",

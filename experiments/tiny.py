@@ -42,13 +42,15 @@ CONFIG = TrainConfig(
     data=DataConfig(
         task="arith", arith=ArithConfig(train_size=64, test_size=16, max_steps=2), batch_size=4
     ),
-    rollout=RolloutConfig(num_samples=4, temperature=1.0, max_new_tokens=32),
+    # 48 new tokens: the longest two-step solution is 43 tokens of this tokenizer (at 32 every
+    # two-step rollout was cut before its answer, so no group ever held a success).
+    rollout=RolloutConfig(num_samples=4, temperature=1.0, max_new_tokens=48),
     memory=MemoryConfig(
         success_slots=2,
         failure_slots=2,
         insight_slots=4,
         behaviour_slots=16,
-        response_len=32,
+        response_len=48,
         feedback_len=16,
         title_len=12,
         content_len=32,
@@ -56,7 +58,9 @@ CONFIG = TrainConfig(
         instruction_len=24,
     ),
     reflect=ReflectConfig(
-        max_new_tokens=64,
+        # Above the longest warm-start reflection (152 tokens of this tokenizer): at 64 most
+        # well-formed reflections were cut before their closing brackets and none parsed.
+        max_new_tokens=160,
         batch_size=4,
         max_successes_shown=1,
         max_failures_shown=1,
@@ -78,5 +82,5 @@ CONFIG = TrainConfig(
     loss=LossConfig(top_k=20),
     optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=0),
     checkpoint=CheckpointConfig(every_steps=2, keep_last=2, keep_best=0),
-    eval=EvalSchedule(num_problems=8, num_samples=2, max_new_tokens=32, batch_size=8),
+    eval=EvalSchedule(num_problems=8, num_samples=2, max_new_tokens=48, batch_size=8),
 )

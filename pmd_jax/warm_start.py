@@ -25,7 +25,13 @@ import optax
 from tqdm import tqdm
 
 from pmd_jax.data.prompts import format_prompts
-from pmd_jax.memory.behaviours import RESPONSE_PRIMES, cluster_summary, cold_start_messages
+from pmd_jax.memory.behaviours import (
+    RESPONSE_PRIMES,
+    attempt_note,
+    cluster_summary,
+    cold_start_messages,
+    insight_note,
+)
 from pmd_jax.memory.reflect import build_reflection_requests
 from pmd_jax.model.transformer import Transformer, positions_from_mask
 from pmd_jax.tokenizer import format_chat
@@ -145,6 +151,24 @@ def _wrong(problem: dict) -> str:
     return f"{head}#### {wrong}"
 
 
+def _cluster_notes(problem: dict, config, rng: np.random.Generator) -> list[str]:
+    """A problem's note lines as the evolver sees them at run time (`problem_notes`): its
+    insights, else a stored success and a failure with feedback (drawn half and half)."""
+    chars = config.behaviours.note_chars
+    if rng.random() < 0.5:
+        notes = _notes(problem)
+        return [
+            insight_note(False, *notes["strategy"], chars),
+            insight_note(True, *notes["lesson"], chars),
+        ]
+    wrong = _wrong(problem)
+    feedback = verify(wrong, str(problem["answer"])).feedback
+    return [
+        attempt_note(str(problem["solution"]), None, chars),
+        attempt_note(wrong, feedback, chars),
+    ]
+
+
 def demonstrations(problems: Sequence[dict], config, tokenizer, rng: np.random.Generator):
     """(prompt ids, target ids) pairs: solve, reflect (three cases), cold-start behaviours."""
     examples = []
@@ -177,7 +201,7 @@ def demonstrations(problems: Sequence[dict], config, tokenizer, rng: np.random.G
         # the per-problem ones, or the model never learns their format.
         for _ in range(len(members)):
             chosen = [members[i] for i in rng.choice(len(members), min(3, len(members)), False)]
-            notes = [[f"{t}: {c}" for t, c in (_notes(p)["strategy"],)] for p in chosen]
+            notes = [_cluster_notes(p, config, rng) for p in chosen]
             summary = cluster_summary(
                 [p["question"] for p in chosen], notes, config.behaviours.note_chars
             )
@@ -250,7 +274,10 @@ def warm_start(loaded, problems: Sequence[dict], config):
     rng = np.random.default_rng(config.seed)
     examples = demonstrations(problems, config, tokenizer, rng)
     buckets = _length_buckets(examples, tokenizer.pad_id)
-    optimizer = optax.adamw(spec.warm_start_lr, weight_decay=0.0)
+    # Decayed to zero: the last steps settle the formats instead of jumping around them at the
+    # peak rate (a constant rate left the behaviour lists half-formed, none of them parsing).
+    schedule = optax.cosine_decay_schedule(spec.warm_start_lr, max(spec.warm_start_steps, 1))
+    optimizer = optax.adamw(schedule, weight_decay=0.0)
     params = loaded.params
     opt_state = optimizer.init(params)
 

@@ -158,6 +158,21 @@ def _decode(tokenizer, ids: np.ndarray, length: int) -> str:
     return tokenizer.decode([int(i) for i in ids[: int(length)]])
 
 
+def insight_note(is_lesson: bool, title: str, content: str, chars: int) -> str:
+    """One insight as a note line of a cluster summary."""
+    label = "Mistake to avoid" if is_lesson else "Strategy"
+    text = _clip(f"{title.rstrip('.')}. {content}", chars)
+    return f"{label}: {text}"
+
+
+def attempt_note(response: str, feedback: str | None, chars: int) -> str:
+    """One stored attempt as a note line: a success (feedback None) or a failure."""
+    if feedback is None:
+        return f"A correct solution: {_clip(response, chars)}"
+    note = f"A wrong attempt: {_clip(response, chars)}"
+    return note + (f" Feedback: {_clip(feedback, chars)}" if feedback else "")
+
+
 def problem_notes(
     tokenizer, experience, insight, row: int, memory_config: MemoryConfig, config: BehaviourConfig
 ) -> list[str]:
@@ -166,14 +181,15 @@ def problem_notes(
     occupied = np.flatnonzero(insight.occupied[row])
     if occupied.size:
         newest = sorted(occupied, key=lambda slot: (-int(insight.step[row, slot]), slot))
-        notes = []
-        for slot in newest[: config.insights_per_question]:
-            label = "Mistake to avoid" if insight.kind[row, slot] == LESSON else "Strategy"
-            title = _decode(tokenizer, insight.title[row, slot], insight.title_len[row, slot])
-            content = _decode(tokenizer, insight.content[row, slot], insight.content_len[row, slot])
-            text = _clip(f"{title.rstrip('.')}. {content}", config.note_chars)
-            notes.append(f"{label}: {text}")
-        return notes
+        return [
+            insight_note(
+                insight.kind[row, slot] == LESSON,
+                _decode(tokenizer, insight.title[row, slot], insight.title_len[row, slot]),
+                _decode(tokenizer, insight.content[row, slot], insight.content_len[row, slot]),
+                config.note_chars,
+            )
+            for slot in newest[: config.insights_per_question]
+        ]
     notes = []
     split = memory_config.success_slots
     kinds = (("success", range(split)), ("failure", range(split, memory_config.experience_slots)))
@@ -183,16 +199,12 @@ def problem_notes(
             continue
         slot = max(held, key=lambda s: (int(experience.step[row, s]), -s))
         response = _decode(tokenizer, experience.tokens[row, slot], experience.length[row, slot])
-        if kind == "success":
-            notes.append(f"A correct solution: {_clip(response, config.note_chars)}")
-            continue
-        feedback = _decode(
-            tokenizer, experience.feedback[row, slot], experience.feedback_len[row, slot]
-        )
-        note = f"A wrong attempt: {_clip(response, config.note_chars)}"
-        notes.append(
-            note + (f" Feedback: {_clip(feedback, config.note_chars)}" if feedback else "")
-        )
+        feedback = None
+        if kind == "failure":
+            feedback = _decode(
+                tokenizer, experience.feedback[row, slot], experience.feedback_len[row, slot]
+            )
+        notes.append(attempt_note(response, feedback, config.note_chars))
     return notes
 
 
