@@ -14,7 +14,12 @@ exp+ins+beh is PMD itself).
 Each run is `python -m pmd_jax.train --exp arith` in its own directory `WORKDIR/TYPE/seedS`, so an
 interrupted study resumes: finished runs are skipped, unfinished ones resume from their last
 checkpoint. Each start or resume appends the code's commit to the run's code_version.txt and the
-table names them. Writes RESULTS/table.md, RESULTS/curves.png and RESULTS/runs.json.
+table names them. Writes RESULTS/table.md, RESULTS/curves.png and RESULTS/runs.json, the record
+of every run reported so far (curves, budget, commits, wall time): with --merge-recorded the
+table also counts recorded runs of the same budget, so a study can be spread over machines
+whose workdirs do not survive (a run finished in --workdir replaces its record).
+
+    make ablation ARGS="--seeds 2 --merge-recorded"  # seed 2 here, seeds 0-1 from runs.json
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "arith"
 CODE_PATHS = ("pmd_jax", "kernels", "experiments/arith.py", "experiments/ablation.py", "setup.py")
 EXPERIMENT = "arith"
+RECORDS_FORMAT = 2  # of RESULTS/runs.json: {"format": 2, "runs": {"TYPE/seedS": record}}
 
 # Run type -> overrides on top of experiments/arith.py ({memory} = the final memory of the frozen
 # policy run of the same seed: METHOD section 7 builds the frozen memory with the frozen policy).
@@ -195,23 +201,95 @@ def _evals(records: list[dict], key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in records if key in r}
 
 
-def collect(study: Study) -> dict[str, dict[int, dict[int, float]]]:
+def run_record(study: Study, run_type: str, seed: int) -> dict | None:
+    """What the results keep of one finished run (None if it is not finished): its held-out
+    curve(s), the budget it ran with, the code versions it ran and its wall time."""
+    run_dir = study.run_dir(run_type, seed)
+    records = read_metrics(run_dir)
+    evals = _evals(records, "eval/avg_at_k")
+    if study.steps not in evals:
+        return None
+    record = {
+        "run_type": run_type,
+        "seed": seed,
+        "budget": _budget(study),
+        "evals": evals,
+        "code": list(dict.fromkeys(run_versions(run_dir))),
+        "wall_seconds": _wall_seconds(run_dir) or None,
+    }
+    if run_type == "frozen_policy":
+        record["memory_evals"] = _evals(records, "eval/memory_avg_at_k")
+    return record
+
+
+def _budget(study: Study) -> dict:
+    """What must match for runs to share a table: steps, eval cadence, extra overrides."""
+    return {"steps": study.steps, "eval_every": study.eval_every, "extra": list(study.extra)}
+
+
+def workdir_records(study: Study) -> dict[str, dict]:
+    """'TYPE/seedS' -> record of every finished run of the study's workdir."""
+    records = {}
+    for run_type in study.run_types:
+        for seed in study.seeds:
+            record = run_record(study, run_type, seed)
+            if record is not None:
+                records[f"{run_type}/seed{seed}"] = record
+    return records
+
+
+def load_records(path: pathlib.Path) -> dict[str, dict]:
+    """The runs recorded in a results runs.json ({} when there is none)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("format") != RECORDS_FORMAT:
+        raise SystemExit(
+            f"{path}: format {data.get('format')!r} is not {RECORDS_FORMAT}; rebuild it from "
+            "run directories with --report-only"
+        )
+    for key, record in data["runs"].items():
+        for name in ("evals", "memory_evals"):
+            if name in record:
+                record[name] = {int(step): value for step, value in record[name].items()}
+        if key != f"{record['run_type']}/seed{record['seed']}":
+            raise SystemExit(
+                f"{path}: run {key!r} records {record['run_type']} seed {record['seed']}"
+            )
+    return data["runs"]
+
+
+def study_records(study: Study, recorded: dict[str, dict]) -> dict[str, dict]:
+    """The study's runs: recorded ones of its run types, seeds and budget (runs made elsewhere,
+    e.g. on another machine), then its workdir's finished runs, which replace a recorded one."""
+    budget = _budget(study)
+    kept = {
+        key: record
+        for key, record in recorded.items()
+        if record["run_type"] in study.run_types
+        and record["seed"] in study.seeds
+        and record["budget"] == budget
+    }
+    return {**kept, **workdir_records(study)}
+
+
+def curves_of(records: dict[str, dict]) -> dict[str, dict[int, dict[int, float]]]:
     """run type -> seed -> {step: held-out accuracy}; plus "base" (step 0 of every run) and
     "frozen_policy+memory" (the frozen policy evaluated with behaviours in its prompt)."""
     curves: dict[str, dict[int, dict[int, float]]] = {}
-    for run_type in study.run_types:
-        for seed in study.seeds:
-            records = read_metrics(study.run_dir(run_type, seed))
-            evals = _evals(records, "eval/avg_at_k")
-            if study.steps not in evals:
-                continue  # unfinished: left out of the table
-            curves.setdefault(run_type, {})[seed] = evals
-            if 0 in evals:
-                curves.setdefault("base", {}).setdefault(seed, {0: evals[0]})
-            if run_type == "frozen_policy":
-                with_memory = _evals(records, "eval/memory_avg_at_k")
-                curves.setdefault("frozen_policy+memory", {})[seed] = with_memory
+    for record in sorted(records.values(), key=lambda r: (r["seed"], r["run_type"])):
+        run_type, seed, evals = record["run_type"], record["seed"], record["evals"]
+        curves.setdefault(run_type, {})[seed] = evals
+        if 0 in evals:
+            curves.setdefault("base", {}).setdefault(seed, {0: evals[0]})
+        if run_type == "frozen_policy":
+            curves.setdefault("frozen_policy+memory", {})[seed] = record.get("memory_evals", {})
     return curves
+
+
+def collect(study: Study) -> dict[str, dict[int, dict[int, float]]]:
+    """The curves of the study's finished runs in its workdir (see `curves_of`)."""
+    return curves_of(workdir_records(study))
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -234,7 +312,8 @@ def table_rows(curves: dict, steps: int) -> list[tuple[str, int, str, str]]:
     return rows
 
 
-def write_table(study: Study, curves: dict, path: pathlib.Path, command: str, wall: float) -> None:
+def write_table(study: Study, records: dict[str, dict], path: pathlib.Path, command: str) -> None:
+    curves = curves_of(records)
     rows = table_rows(curves, study.steps)
     lines = [
         "# Ablation on the arith curriculum (SmolLM2-135M-Instruct, CPU)",
@@ -245,8 +324,8 @@ def write_table(study: Study, curves: dict, path: pathlib.Path, command: str, wa
         f"experiment evaluates, every {study.eval_every} steps.  ",
         f"Seeds asked: {', '.join(map(str, study.seeds))}; the seeds column says how many "
         f"finished.  ",
-        f"Code: {_versions_line(study, curves)}.  ",
-        f"Wall time of the runs (sum): {wall / 3600:.2f} h on {_machine()}; "
+        f"Code: {_versions_line(records)}.  ",
+        f"Wall time of the runs (sum): {_wall_line(records)} on {_machine()}; "
         f"written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
         "",
         "| Run type | Seeds | Final accuracy % (mean +- std) | Best eval after step 0 % |",
@@ -261,17 +340,23 @@ def write_table(study: Study, curves: dict, path: pathlib.Path, command: str, wa
     path.write_text("\n".join(lines) + "\n")
 
 
-def _versions_line(study: Study, curves: dict) -> str:
+def _versions_line(records: dict[str, dict]) -> str:
     """Which commits the finished runs were started or resumed with."""
     runs: dict[str, list[str]] = {}
-    for run_type in study.run_types:
-        for seed in curves.get(run_type, {}):
-            versions = run_versions(study.run_dir(run_type, seed)) or ["not recorded"]
-            for version in dict.fromkeys(versions):
-                runs.setdefault(version, []).append(f"{run_type}/seed{seed}")
+    for key, record in sorted(records.items(), key=lambda kv: (kv[1]["seed"], kv[0])):
+        for version in record["code"] or ["not recorded"]:
+            runs.setdefault(version, []).append(key)
     if len(runs) == 1:
         return f"{next(iter(runs))} (every finished run)"
     return "; ".join(f"{version} ({', '.join(names)})" for version, names in runs.items())
+
+
+def _wall_line(records: dict[str, dict]) -> str:
+    walls = [r["wall_seconds"] for r in records.values() if r["wall_seconds"]]
+    line = f"{sum(walls) / 3600:.2f} h"
+    if len(walls) < len(records):
+        line += f" (not recorded for {len(records) - len(walls)} of the {len(records)} runs)"
+    return line
 
 
 def _machine() -> str:
@@ -302,16 +387,22 @@ def plot_curves(curves: dict, path: pathlib.Path) -> None:
     plt.close(figure)
 
 
-def report(study: Study, results: pathlib.Path, command: str) -> None:
-    curves = collect(study)
-    if not curves:
+def report(study: Study, results: pathlib.Path, command: str, merge_recorded: bool = False) -> None:
+    """table.md and curves.png of the study's finished runs in `results`, and runs.json, the
+    record of every run reported there so far (a workdir's run replaces its earlier record).
+    merge_recorded: the table also counts recorded runs of the study's types, seeds and budget
+    (e.g. made in another workdir or on another machine)."""
+    recorded = load_records(results / "runs.json")
+    records = study_records(study, recorded if merge_recorded else {})
+    if not records:
         raise SystemExit(f"no finished runs under {study.workdir}: nothing to report")
     results.mkdir(parents=True, exist_ok=True)
-    wall = sum(_wall_seconds(study.run_dir(t, s)) for t in study.run_types for s in study.seeds)
-    write_table(study, curves, results / "table.md", command, wall)
-    plot_curves(curves, results / "curves.png")
-    runs = {t: {str(s): e for s, e in seeds.items()} for t, seeds in curves.items()}
-    (results / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
+    write_table(study, records, results / "table.md", command)
+    plot_curves(curves_of(records), results / "curves.png")
+    kept = {**recorded, **workdir_records(study)}
+    ordered = dict(sorted(kept.items(), key=lambda kv: (kv[1]["seed"], kv[0])))
+    data = {"format": RECORDS_FORMAT, "runs": ordered}
+    (results / "runs.json").write_text(json.dumps(data, indent=1) + "\n")
     print((results / "table.md").read_text())
 
 
@@ -325,6 +416,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=pathlib.Path, default=RESULTS)
     parser.add_argument("--set", action="append", default=[], help="override for every run")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--merge-recorded",
+        action="store_true",
+        help="also count the runs recorded in RESULTS/runs.json (made in another workdir or on "
+        "another machine) that have this budget; a run finished in --workdir replaces its record",
+    )
     return parser.parse_args(argv)
 
 
@@ -354,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         command += " (this table rebuilt from its finished runs with --report-only)"
     if not args.report_only:
         run_study(study)
-    report(study, args.results, command)
+    report(study, args.results, command, merge_recorded=args.merge_recorded)
 
 
 if __name__ == "__main__":

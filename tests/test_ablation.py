@@ -104,7 +104,16 @@ def test_report_writes_table_curves_and_runs(tmp_path):
     assert "Code: not recorded (every finished run)." in table
     assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = json.loads((results / "runs.json").read_text())
-    assert runs["sdpo"]["0"] == {"0": 0.25, "2": 0.25, "4": 0.5}
+    assert runs["format"] == ablation.RECORDS_FORMAT
+    assert runs["runs"]["sdpo/seed0"] == {
+        "run_type": "sdpo",
+        "seed": 0,
+        "budget": {"steps": 4, "eval_every": 2, "extra": []},
+        "evals": {"0": 0.25, "2": 0.25, "4": 0.5},
+        "code": [],
+        "wall_seconds": None,
+    }
+    assert runs["runs"]["pmd/seed0"]["wall_seconds"] == 1800
 
 
 def test_run_order_puts_frozen_memory_after_the_run_it_reads(tmp_path, monkeypatch):
@@ -155,3 +164,58 @@ def test_code_version_is_this_checkouts_commit(tmp_path):
     else:
         assert version.split("+")[0] == head.stdout.strip()
     assert ablation.code_version(tmp_path) == "unknown"  # not a git checkout
+
+
+def test_recorded_runs_of_the_same_budget_join_the_table(tmp_path):
+    """Runs recorded in runs.json (another workdir or machine) count with --merge-recorded; a run
+    finished in the workdir replaces its record; other budgets, seeds and types stay out."""
+    results = tmp_path / "results"
+    earlier = _study(tmp_path / "earlier", seeds=(0, 1))
+    _write_run(earlier, "pmd", 0, {0: 0.25, 2: 0.5, 4: 0.5})
+    _write_run(earlier, "pmd", 1, {0: 0.25, 2: 0.25, 4: 0.25})
+    _write_run(earlier, "frozen_policy", 0, {0: 0.25, 4: 0.25}, memory_evals={0: 0.25, 4: 0.0})
+    (earlier.run_dir("pmd", 0) / "code_version.txt").write_text("aaa1111\n")
+    (earlier.run_dir("pmd", 0) / "wall_seconds.json").write_text('{"seconds": 3600}')
+    ablation.report(earlier, results, "make ablation")
+    longer = _study(tmp_path / "longer", seeds=(2,), steps=6)
+    _write_run(longer, "pmd", 2, {0: 0.25, 6: 1.0})
+    ablation.report(longer, tmp_path / "other_results", "x")
+    other = json.loads((tmp_path / "other_results" / "runs.json").read_text())["runs"]
+    runs = json.loads((results / "runs.json").read_text())
+    runs["runs"].update(other)  # a 6-step run: another budget
+    (results / "runs.json").write_text(json.dumps(runs))
+
+    later = _study(tmp_path / "later", seeds=(1, 2))  # seed 0 is not asked
+    _write_run(later, "pmd", 1, {0: 0.25, 2: 0.75, 4: 0.75})  # replaces the recorded seed 1
+    _write_run(later, "pmd", 2, {0: 0.25, 2: 0.5, 4: 1.0})
+    (later.run_dir("pmd", 2) / "code_version.txt").write_text("bbb2222\n")
+    (later.run_dir("pmd", 2) / "wall_seconds.json").write_text('{"seconds": 1800}')
+    ablation.report(later, results, "make ablation", merge_recorded=True)
+    table = (results / "table.md").read_text()
+    finals = 100 * np.array([0.75, 1.0])  # seeds 1 (the workdir's run) and 2
+    assert f"| PMD (exp+ins+beh) | 2 | {finals.mean():.1f} +- {finals.std():.1f} |" in table
+    kept = json.loads((results / "runs.json").read_text())["runs"]  # nothing recorded is lost
+    assert sorted(kept) == ["frozen_policy/seed0", "pmd/seed0", "pmd/seed1", "pmd/seed2"]
+    assert kept["pmd/seed1"]["evals"] == {"0": 0.25, "2": 0.75, "4": 0.75}
+    assert kept["pmd/seed2"]["budget"]["steps"] == 4  # the later 4-step run replaced the 6-step
+
+    everything = _study(tmp_path / "empty", seeds=(0, 1, 2))
+    ablation.report(everything, results, "make ablation", merge_recorded=True)
+    table = (results / "table.md").read_text()
+    finals = 100 * np.array([0.5, 0.75, 1.0])  # seed 0 recorded first, then the later runs
+    assert f"| PMD (exp+ins+beh) | 3 | {finals.mean():.1f} +- {finals.std():.1f} |" in table
+    assert "| Evolving memory + frozen policy, memory in prompt | 1 | 0.0 +- 0.0 |" in table
+    assert (
+        "Code: not recorded (frozen_policy/seed0, pmd/seed1); aaa1111 (pmd/seed0); "
+        "bbb2222 (pmd/seed2)."
+    ) in table
+    assert "Wall time of the runs (sum): 1.50 h (not recorded for 2 of the 4 runs)" in table
+    recorded = ablation.load_records(results / "runs.json")
+    assert recorded["pmd/seed0"]["evals"] == {0: 0.25, 2: 0.5, 4: 0.5}
+    assert recorded["frozen_policy/seed0"]["memory_evals"] == {0: 0.25, 4: 0.0}
+
+
+def test_runs_json_of_another_format_is_refused(tmp_path):
+    (tmp_path / "runs.json").write_text(json.dumps({"pmd": {"0": {"0": 0.25}}}))
+    with pytest.raises(SystemExit, match="format None is not 2"):
+        ablation.load_records(tmp_path / "runs.json")
