@@ -4,13 +4,16 @@ Samples one batch of arith rollouts with the base SmolLM2-135M-Instruct (the def
 settings), builds the SDPO teacher prompts (a correct sibling, else the verifier feedback) in each
 layout, and prints the mean per-token log-prob of the sampled tokens under the student (plain
 prompt) and under the teacher (teacher prompt, same weights): on correct and on wrong responses,
-on the tokens of the `####` answer marker, and by response position. Then the teacher's own
-greedy answer for a few rows. Self-distillation pulls the student toward the teacher, so a
-teacher less confident than the student everywhere (and no more confident on correct responses
-than on wrong ones) pulls it toward a flatter policy, not a better one. Not a test; README
-"Why self-distillation collapsed" quotes its output.
+on the tokens of the `####` answer marker, and by response position. On the student's own
+samples the teacher scores lower on average whatever it knows (for tokens drawn from the
+student, E[log p_student - log p_teacher] is KL(student || teacher) >= 0 at temperature 1), so
+what tells an informative teacher is the gap between correct and wrong responses. And directly:
+the teacher's greedy answer from each failed rollout's teacher prompt, scored by the verifier,
+against the student's greedy answer to the same problem, per kind of privileged block (a correct
+sibling, or the verifier's feedback). A teacher no more often right than the student gives the
+student nothing to distil. Not a test; README "Why self-distillation collapsed" quotes it.
 
-    python -m experiments.teacher_probe [--problems 8] [--layouts user,system]
+    python -m experiments.teacher_probe [--problems 24] [--layouts user,system]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pmd_jax.sampling import (
 )
 from pmd_jax.train import rollout_sample_config
 from pmd_jax.train_step import response_hidden
-from pmd_jax.verify import VerifierConfig
+from pmd_jax.verify import VerifierConfig, verify_batch
 
 
 def sampled_token_logprobs(params, model_config, prompt_tokens, prompt_mask, batch) -> np.ndarray:
@@ -61,9 +64,9 @@ def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--problems", type=int, default=24)
     parser.add_argument("--layouts", default="user,system")
-    parser.add_argument("--show", type=int, default=3, help="rows whose teacher answer is printed")
+    parser.add_argument("--show", type=int, default=3, help="failed rows whose answers are printed")
     args = parser.parse_args(argv)
 
     loaded = registry.load(CONFIG.model.name)
@@ -85,6 +88,11 @@ def main(argv=None) -> None:
     rollouts = phases.verify_rollouts(rollouts, VerifierConfig())
     correct = rollouts.rewards > 0.5
     print(f"{len(rollouts.texts)} rollouts, {int(correct.sum())} correct")
+    golds = [answer for answer in rollouts.answers for _ in range(rollouts.group_size)]
+    student_texts = greedy_answers(
+        params, model_config, tokenizer, rollouts, np.arange(len(rollouts.questions))
+    )
+    student_right, _ = verify_batch(student_texts, rollouts.answers)
     marker_ids = sorted({t for text in ("####", " ####", "\n####") for t in tokenizer.encode(text)})
     width = bucket_length(CONFIG.teacher.max_prompt_tokens, CONFIG.teacher.bucket)
     student = None
@@ -118,25 +126,48 @@ def main(argv=None) -> None:
                 f"  position {position:2d}: student {student[column, position].mean():+.3f}  "
                 f"teacher {scored[column, position].mean():+.3f}"
             )
-        rows = list(range(0, len(rollouts.texts), rollouts.group_size))[: args.show]
-        greedy = SampleConfig(
-            max_new_tokens=48,
-            temperature=0.0,
-            stop_ids=tuple(tokenizer.stop_ids),
-            pad_id=tokenizer.pad_id,
-        )
+        failed = np.flatnonzero(teacher.has_signal & ~correct)
+        teacher_texts = greedy_answers(params, model_config, tokenizer, teacher, failed)
+        teacher_right, _ = verify_batch(teacher_texts, [golds[row] for row in failed])
+        print("  greedy answers on the failed rollouts' problems: teacher (its prompt) vs student")
+        for block in sorted({teacher.shown_blocks[row][1] for row in failed}):
+            chosen = [i for i, row in enumerate(failed) if teacher.shown_blocks[row][1] == block]
+            problems = [failed[i] // rollouts.group_size for i in chosen]
+            print(
+                f"    {block:16s} teacher {np.mean(teacher_right[chosen]):.2f}  student "
+                f"{np.mean(student_right[problems]):.2f}  ({len(chosen)} rollouts)"
+            )
+        for i, row in enumerate(failed[: args.show]):
+            print(f"  row {row} ({teacher.shown_blocks[row]})")
+            print("    student: " + rollouts.texts[row][:160].replace("\n", " | "))
+            print("    teacher: " + teacher_texts[i][:160].replace("\n", " | "))
+
+
+def greedy_answers(params, model_config, tokenizer, prompts, rows, batch_size: int = 32):
+    """Greedy responses [len(rows)] from the prompts (token ids + mask [N, T]) of `rows`,
+    in sampler calls of one shape (the last one filled with repeats that are dropped)."""
+    config = SampleConfig(
+        max_new_tokens=CONFIG.rollout.max_new_tokens,
+        temperature=0.0,
+        stop_ids=tuple(tokenizer.stop_ids),
+        pad_id=tokenizer.pad_id,
+    )
+    stop_table = answer_line_stop_table(tokenizer)
+    texts = []
+    for start in range(0, len(rows), batch_size):
+        chunk = list(rows[start : start + batch_size])
+        padded = chunk + chunk[:1] * (batch_size - len(chunk))
         output = sample(
             params,
             model_config,
-            jnp.asarray(teacher.prompt_tokens[rows]),
-            jnp.asarray(teacher.prompt_mask[rows]),
+            jnp.asarray(prompts.prompt_tokens[padded]),
+            jnp.asarray(prompts.prompt_mask[padded]),
             jax.random.PRNGKey(0),
-            greedy,
+            config,
+            stop_table,
         )
-        for row, ids in zip(rows, response_token_lists(output), strict=True):
-            print(f"  row {row} (reward {rollouts.rewards[row]:.0f}, {teacher.shown_blocks[row]})")
-            print("    student: " + rollouts.texts[row][:160].replace("\n", " | "))
-            print("    teacher: " + tokenizer.decode(ids)[:160].replace("\n", " | "))
+        texts += [tokenizer.decode(ids) for ids in response_token_lists(output)][: len(chunk)]
+    return texts
 
 
 if __name__ == "__main__":
