@@ -55,6 +55,7 @@ from pmd_jax.memory.teacher import teacher_stats
 from pmd_jax.model import registry
 from pmd_jax.model.scratch import scratch_model
 from pmd_jax.optimizer import make_optimizer
+from pmd_jax.run_log import MetricsWriter, expected_cost, summary, write_memory_report
 from pmd_jax.sampling import SampleConfig, answer_line_stop_table, bucket_length
 from pmd_jax.train_step import RolloutBatch, StepConfig, init_train_state, make_train_step
 from pmd_jax.validate import validate_lengths, validate_run
@@ -200,42 +201,6 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         teacher_width=teacher_width,
     )
     return run, params, memory
-
-
-class MetricsWriter:
-    """metrics.jsonl (+ TensorBoard). On resume, lines after the restored step are dropped."""
-
-    def __init__(self, workdir: pathlib.Path, resume_step: int, tensorboard: bool):
-        self.path = workdir / "metrics.jsonl"
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a")  # noqa: SIM115 - closed in close()
-        self.tb = None
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(workdir / "tb"))
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        record = {"step": step, **{k: float(v) for k, v in sorted(metrics.items())}}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in metrics.items():
-                self.tb.add_scalar(key, float(value), step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
@@ -556,15 +521,9 @@ def train(
         manager.close()
         writer.close()
     if memory is not None:
-        _write_report(workdir)
+        write_memory_report(workdir)
     print(summary(workdir, config), flush=True)
     return metrics
-
-
-# Sustained float32 rates measured on the 2-core development machine (SmolLM2-135M): batched
-# decode ~30 GFLOP/s (memory bound), forward + backward ~60 GFLOP/s. Only for the CPU estimate.
-CPU_DECODE_FLOPS = 30e9
-CPU_TRAIN_FLOPS = 60e9
 
 
 def rollout_sample_config(rollout: RolloutConfig, tokenizer) -> SampleConfig:
@@ -577,79 +536,6 @@ def rollout_sample_config(rollout: RolloutConfig, tokenizer) -> SampleConfig:
         stop_ids=tuple(tokenizer.stop_ids),
         pad_id=tokenizer.pad_id,
     )
-
-
-def expected_cost(
-    config: TrainConfig, params, prompt_width: int, teacher_width: int, num_questions: int
-) -> str:
-    """One line on the work of a step (and, on CPU, how long it will take roughly), printed
-    before setup's one heavy part: embedding every train question for the memory keys."""
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    rows = config.data.batch_size * config.rollout.num_samples
-    new = config.rollout.max_new_tokens
-    decode = 2 * num_params * rows * new
-    train = 6 * num_params * rows * (prompt_width + new)
-    if config.algorithm != "grpo":
-        train += 2 * num_params * rows * (teacher_width + new)  # teacher forward
-    if config.algorithm == "pmd":  # reflection: one request per problem, in sampler batches
-        batch = config.reflect.batch_size
-        requests = -(-config.data.batch_size // batch) * batch
-        decode += 2 * num_params * requests * config.reflect.max_new_tokens
-    text = (
-        f"{config.name}: {num_params / 1e6:.0f}M params, {rows} rollouts x <= {new} new tokens "
-        f"per step, {config.total_steps} steps on {jax.device_count()} {jax.default_backend()} "
-        f"device(s)"
-    )
-    if jax.default_backend() != "cpu":
-        return text
-    seconds = decode / CPU_DECODE_FLOPS + train / CPU_TRAIN_FLOPS
-    # Questions are embedded alone (no chat template), cut to memory.response_len tokens.
-    embed_width = min(prompt_width, bucket_length(config.memory.response_len))
-    embed = 2 * num_params * num_questions * embed_width / CPU_TRAIN_FLOPS
-    return (
-        f"{text}. On this CPU expect roughly {seconds / 60:.1f} min per step (sampling, "
-        f"reflection decode, update; behaviour evolution and evals extra: "
-        f"~{seconds * config.total_steps / 3600:.1f} h for the steps), after "
-        f"~{embed / 60:.0f} min embedding the {num_questions} train questions: CPU runs are "
-        f"for smoke tests; use an accelerator for real runs (README: TPU VM / GPU box)"
-    )
-
-
-def _write_report(workdir: pathlib.Path) -> None:
-    """The memory report of the newest snapshot, next to the run's metrics."""
-    from pmd_jax.memory.report import find_memory_json, write_report
-
-    memory_path = find_memory_json(workdir)
-    write_report(memory_path, workdir / "report.html", workdir / "metrics.jsonl")
-
-
-def summary(workdir: pathlib.Path, config: TrainConfig) -> str:
-    """What a finished run printed last: held-out accuracy at the start and the end, and paths."""
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in records if "eval/avg_at_k" in r]
-    schedule = config.eval
-    how = f"avg@{schedule.num_samples} at T={schedule.temperature} top-p {schedule.top_p}"
-    if schedule.temperature == 0:
-        how = "greedy"
-    lines = [f"run {config.name} ({config.algorithm}) finished: {workdir}"]
-    if evals:
-        lines.append(
-            f"held-out memory-free accuracy ({config.data.task} {schedule.split}, "
-            f"{int(evals[-1].get('eval/num_problems', 0))} problems, {how}):"
-        )
-        for record in evals:
-            label = "base   " if record["step"] == 0 else f"step {record['step']:<3d}"
-            lines.append(f"  {label} {100 * record['eval/avg_at_k']:5.1f}%")
-        if len(evals) > 1 and evals[0]["step"] == 0:
-            delta = 100 * (evals[-1]["eval/avg_at_k"] - evals[0]["eval/avg_at_k"])
-            lines.append(f"  change {delta:+5.1f} points (base -> step {evals[-1]['step']})")
-    lines.append(
-        f"metrics: {workdir / 'metrics.jsonl'} (TensorBoard: {workdir / 'tb'}), "
-        f"checkpoints: {workdir / 'checkpoints'}"
-    )
-    if (workdir / "report.html").exists():
-        lines.append(f"memory report: {workdir / 'report.html'}")
-    return "\n".join(lines)
 
 
 def _compile(run: Run, state):
