@@ -14,6 +14,10 @@ has the measurements behind them, including that this run does not yet show lear
   student does, and distilling that collapsed the policy (26.6% -> 1.6%);
 - lr 5e-6 with 4 micro-batches: at 2e-5 the policy lost 12 points in 8 steps even in the system
   layout (Adam's first steps move every weight by about lr, whatever the gradient's size);
+- the loss at the rollout temperature (0.6): the sampler records log-probs at 0.6, and the rollout
+  correction compares the trainer's with them (validate.py requires the two to match; until
+  2026-12-06 this run's loss was at 1.0, which weighted confident tokens ~0.9 and unlikely ones
+  up to 2);
 - held-out evaluation: greedy, memory-free, on 64 test problems never trained on, before the
   first step (the base model) and after the last one.
 
@@ -60,7 +64,7 @@ CONFIG = TrainConfig(
         prompt_width=1024,
     ),
     teacher=TeacherConfig(max_prompt_tokens=320, layout="system"),
-    loss=LossConfig(alpha=0.5, top_k=100),
+    loss=LossConfig(alpha=0.5, top_k=100, temperature=0.6),  # the rollout temperature
     optimizer=OptimizerConfig(learning_rate=5e-6, warmup_steps=1, micro_batches=4),
     checkpoint=CheckpointConfig(every_steps=2, keep_last=2, keep_best=1),
     eval=EvalSchedule(

@@ -122,6 +122,11 @@ def truncate_logits(
     return filtered
 
 
+def logprob_temperature(temperature: float) -> float:
+    """The temperature of the log-probs `choose_tokens` records: the sampling one, 1.0 if greedy."""
+    return temperature if temperature > 0 else 1.0
+
+
 def choose_tokens(
     logits: jax.Array, rng: jax.Array, temperature: float, top_k: int, top_p: float
 ) -> tuple[jax.Array, jax.Array]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pmd_jax.config import TrainConfig
 from pmd_jax.data import gsm8k, pipeline
-from pmd_jax.sampling import bucket_length
+from pmd_jax.sampling import bucket_length, logprob_temperature
 from pmd_jax.sharding import AXES, BATCH_AXES
 
 # pmd_jax/model/scratch.py builds every scratch model with this many positions.
@@ -147,6 +147,18 @@ def _rollout_errors(config: TrainConfig) -> Iterator[str]:
     for prefix in ("reflect", "behaviours"):
         if config.uses_memory:
             yield from _sampling_errors(prefix, getattr(config, prefix))
+    sampler_temperature = logprob_temperature(rollout.temperature)
+    if rollout.temperature >= 0 and config.loss.temperature != sampler_temperature:
+        yield _line(
+            "loss.temperature",
+            config.loss.temperature,
+            f"the sampler records each rollout token's log-prob at {sampler_temperature} (the "
+            "rollout temperature, 1.0 when greedy) and the rollout correction "
+            "min(exp(logp_trainer - logp_sampler), clip) compares it with the trainer's at "
+            "loss.temperature, so a different value biases every token weight (METHOD section 6 "
+            "has one temperature)",
+            f"set loss.temperature={sampler_temperature}",
+        )
 
 
 def _model_errors(config: TrainConfig) -> Iterator[str]:

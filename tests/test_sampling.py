@@ -1,16 +1,20 @@
 """Sampler: cache vs recompute parity, determinism, truncation frequencies, per-row stopping."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pmd_jax.losses import LossConfig, rollout_correction, sampled_logprobs
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.transformer import forward, init_params, positions_from_mask
 from pmd_jax.sampling import (
     SampleConfig,
     choose_tokens,
     left_pad,
+    logprob_temperature,
     nucleus_threshold,
     prefill,
     prefill_widths,
@@ -391,3 +395,28 @@ def test_stop_automaton_ends_rows_like_a_stop_token():
     )
     for field in ("tokens", "logprobs", "lengths", "stopped"):
         np.testing.assert_array_equal(getattr(by_table, field), getattr(by_id, field))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.6, 1.0])
+def test_on_policy_rollout_correction_is_one_at_the_loss_temperature_validation_requires(
+    temperature,
+):
+    """The rollout correction min(exp(logp_trainer - logp_sampler), 2) is a numerical-mismatch
+    correction: on the sampler's own tokens it must be 1 when the loss uses the temperature that
+    validate.py requires (logprob_temperature), and it is not at loss temperature 1.0 when the
+    rollouts sample at 0.6 (the bias the check prevents)."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(64, 97)) * 3, jnp.float32)
+    tokens, sampler_logprobs = choose_tokens(logits, jax.random.PRNGKey(1), temperature, 0, 0.95)
+    mask = jnp.ones((64, 1), bool)
+    config = LossConfig(temperature=logprob_temperature(temperature))
+
+    trainer = sampled_logprobs(logits[:, None], tokens[:, None], config.temperature)
+    weight = rollout_correction(trainer, sampler_logprobs[:, None], mask, config)
+
+    np.testing.assert_allclose(np.asarray(weight), 1.0, atol=1e-5)
+    if temperature == 0.6:
+        at_one = dataclasses.replace(config, temperature=1.0)
+        trainer_at_one = sampled_logprobs(logits[:, None], tokens[:, None], 1.0)
+        biased = rollout_correction(trainer_at_one, sampler_logprobs[:, None], mask, at_one)
+        assert float(jnp.max(jnp.abs(biased - 1.0))) > 0.1

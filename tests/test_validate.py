@@ -76,6 +76,8 @@ BAD_CONFIGS = [
     (("algorithm=grpo", "rollout.num_samples=1"), 1, "rollout.num_samples=1: GRPO", ">= 2"),
     (("algorithm=grpo", "rollout.temperature=0"), 1, "rollout.temperature=0.0: greedy", "> 0"),
     (("reflect.top_p=1.5",), 1, "reflect.top_p=1.5", "1.0"),
+    (("rollout.temperature=0.6",), 1, "loss.temperature=1.0: the sampler records", "=0.6"),
+    (("rollout.temperature=0", "loss.temperature=0.6"), 1, "loss.temperature=0.6:", "=1.0"),
     (("model.dtype=float64",), 1, "model.dtype='float64': expected one of", "pick"),
     (("model.num_kv_heads=3",), 1, "model.num_kv_heads=3: must divide model.num_heads=4", "div"),
     (("model.name=./nowhere.gguf",), 1, "model.name='./nowhere.gguf': no such file", "scratch"),
