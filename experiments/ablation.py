@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -223,8 +225,26 @@ def run_record(study: Study, run_type: str, seed: int) -> dict | None:
 
 
 def _budget(study: Study) -> dict:
-    """What must match for runs to share a table: steps, eval cadence, extra overrides."""
-    return {"steps": study.steps, "eval_every": study.eval_every, "extra": list(study.extra)}
+    """What must match for runs to share a table: steps, eval cadence, extra overrides and the
+    default run's config."""
+    return {
+        "steps": study.steps,
+        "eval_every": study.eval_every,
+        "extra": list(study.extra),
+        "experiment": experiment_digest(),
+    }
+
+
+@functools.cache
+def experiment_digest() -> str:
+    """12 hex digits of experiments/arith.py's config as this code loads it. A change to the
+    default run (the loss temperature on 2026-12-06, a new config field) gives later runs another
+    budget, so --merge-recorded never tables them with runs of the old config; records made
+    before the digest existed have none and join no new study."""
+    from pmd_jax.config import load_experiment, to_dict
+
+    text = json.dumps(to_dict(load_experiment(EXPERIMENT)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def workdir_records(study: Study) -> dict[str, dict]:

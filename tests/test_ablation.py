@@ -108,7 +108,12 @@ def test_report_writes_table_curves_and_runs(tmp_path):
     assert runs["runs"]["sdpo/seed0"] == {
         "run_type": "sdpo",
         "seed": 0,
-        "budget": {"steps": 4, "eval_every": 2, "extra": []},
+        "budget": {
+            "steps": 4,
+            "eval_every": 2,
+            "extra": [],
+            "experiment": ablation.experiment_digest(),
+        },
         "evals": {"0": 0.25, "2": 0.25, "4": 0.5},
         "code": [],
         "wall_seconds": None,
@@ -213,6 +218,31 @@ def test_recorded_runs_of_the_same_budget_join_the_table(tmp_path):
     recorded = ablation.load_records(results / "runs.json")
     assert recorded["pmd/seed0"]["evals"] == {0: 0.25, 2: 0.5, 4: 0.5}
     assert recorded["frozen_policy/seed0"]["memory_evals"] == {0: 0.25, 4: 0.0}
+
+
+def test_recorded_runs_of_another_default_config_stay_out(tmp_path, monkeypatch):
+    """A run recorded before experiments/arith.py changed (another config digest, or none: the
+    records made before the digest existed) is kept in runs.json but never tabled with new runs."""
+    results = tmp_path / "results"
+    old = _study(tmp_path / "old", seeds=(0,))
+    _write_run(old, "pmd", 0, {0: 0.25, 4: 0.0})
+    ablation.report(old, results, "make ablation")
+    runs = json.loads((results / "runs.json").read_text())
+    undigested = json.loads(json.dumps(runs["runs"]["pmd/seed0"]))
+    del undigested["budget"]["experiment"]
+    undigested["seed"] = 1
+    runs["runs"]["pmd/seed1"] = undigested
+    (results / "runs.json").write_text(json.dumps(runs))
+    monkeypatch.setattr(ablation, "experiment_digest", lambda: "0123456789ab")
+
+    new = _study(tmp_path / "new", seeds=(0, 1, 2))
+    _write_run(new, "pmd", 2, {0: 0.25, 4: 1.0})
+    ablation.report(new, results, "make ablation", merge_recorded=True)
+
+    assert "| PMD (exp+ins+beh) | 1 | 100.0 +- 0.0 |" in (results / "table.md").read_text()
+    kept = json.loads((results / "runs.json").read_text())["runs"]
+    assert sorted(kept) == ["pmd/seed0", "pmd/seed1", "pmd/seed2"]
+    assert kept["pmd/seed2"]["budget"]["experiment"] == "0123456789ab"
 
 
 def test_runs_json_of_another_format_is_refused(tmp_path):
