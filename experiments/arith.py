@@ -13,10 +13,11 @@ has the measurements behind them, including that this run does not yet show lear
   135M teacher answers "The answer is N." and scores the student's '####' line lower than the
   student does, and distilling that collapsed the policy (26.6% -> 1.6%);
 - lr 5e-6 with 4 micro-batches: at 2e-5 the policy lost 12 points in 8 steps even in the system
-  layout (Adam's first steps move every weight by about lr, whatever the gradient's size);
+  layout, and at the paper's 1e-5 (loss temperature fixed) 11 points (Adam's first steps move
+  every weight by about lr, whatever the gradient's size);
 - the loss at the rollout temperature (0.6): the sampler records log-probs at 0.6, and the rollout
   correction compares the trainer's with them (validate.py requires the two to match; until
-  2026-12-06 this run's loss was at 1.0, which weighted confident tokens ~0.9 and unlikely ones
+  2026-12-06 this run's loss was at 1.0, which weighted tokens 0.87-0.91 on average, unlikely ones
   up to 2);
 - held-out evaluation: greedy, memory-free, on 64 test problems never trained on, before the
   first step (the base model) and after the last one.
