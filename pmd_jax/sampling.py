@@ -132,12 +132,11 @@ def choose_tokens(
 ) -> tuple[jax.Array, jax.Array]:
     """Pick one token per row. logits: [N, V] -> (tokens [N] int32, logprobs [N] float32)."""
     logits = logits.astype(jnp.float32)
+    scaled = logits / logprob_temperature(temperature)
+    logprobs = jax.nn.log_softmax(scaled, axis=-1)
     if temperature == 0.0:
         tokens = jnp.argmax(logits, axis=-1)
-        logprobs = jax.nn.log_softmax(logits, axis=-1)
     else:
-        scaled = logits / temperature
-        logprobs = jax.nn.log_softmax(scaled, axis=-1)
         tokens = jax.random.categorical(rng, truncate_logits(scaled, top_k, top_p), axis=-1)
     chosen_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
     return tokens.astype(jnp.int32), chosen_logprobs
