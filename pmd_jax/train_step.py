@@ -184,6 +184,12 @@ def _split_micro(batch: RolloutBatch, parts: int, group_size: int) -> RolloutBat
     return jax.tree.map(lambda x: x.reshape(parts, rows // parts, *x.shape[1:]), batch)
 
 
+# Metrics that are not token means: counts add up over micro-batches, and row means weigh each
+# micro-batch by its rows (all equal) rather than by its tokens.
+COUNT_METRICS = ("distill/token_count", "grpo/token_count")
+ROW_MEAN_METRICS = ("distill/signal_fraction", "grpo/advantage_abs")
+
+
 def accumulated_grads(
     params, teacher_params, batch: RolloutBatch, model_config: ModelConfig, config: StepConfig
 ):
@@ -191,6 +197,8 @@ def accumulated_grads(
 
     Each micro-batch loss is a token mean over its own tokens, so its gradient is weighted by
     its share of the batch's tokens: the sum equals the gradient of the full-batch token mean.
+    Metrics combine the same way, except COUNT_METRICS (summed) and ROW_MEAN_METRICS (a plain
+    mean over the equal-sized micro-batches), so every metric equals the one-batch value.
     """
     grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
     if config.micro_batches == 1:
@@ -198,13 +206,18 @@ def accumulated_grads(
         return loss, metrics, grads
     micro = _split_micro(batch, config.micro_batches, config.group_size)
     total = jnp.maximum(loss_token_count(batch, config.algorithm), 1.0)
+    row_weight = 1.0 / config.micro_batches
 
     def body(carry, part):
         loss_sum, metric_sum, grad_sum = carry
         (loss, metrics), grads = grad_fn(params, teacher_params, part, model_config, config)
         weight = loss_token_count(part, config.algorithm) / total
         grad_sum = jax.tree.map(lambda g, x: g + weight * x, grad_sum, grads)
-        metric_sum = jax.tree.map(lambda m, x: m + weight * x, metric_sum, metrics)
+        metric_weights = {
+            key: 1.0 if key in COUNT_METRICS else row_weight if key in ROW_MEAN_METRICS else weight
+            for key in metrics
+        }
+        metric_sum = {key: metric_sum[key] + metric_weights[key] * metrics[key] for key in metrics}
         return (loss_sum + weight * loss, metric_sum, grad_sum), None
 
     first = jax.tree.map(lambda x: x[0], micro)

@@ -17,7 +17,13 @@ from pmd_jax import sharding
 from pmd_jax.losses import LossConfig
 from pmd_jax.model.transformer import init_params
 from pmd_jax.optimizer import OptimizerConfig, clip_by_global_norm, make_optimizer
-from pmd_jax.train_step import StepConfig, init_train_state, loss_spike, make_train_step
+from pmd_jax.train_step import (
+    StepConfig,
+    accumulated_grads,
+    init_train_state,
+    loss_spike,
+    make_train_step,
+)
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from train_step_parity import MODEL, random_batch  # noqa: E402
@@ -228,3 +234,31 @@ def test_spike_guard_skips_a_spike_and_nan_drill_poisons_only_its_step():
     assert np.isfinite(metrics["train/loss"]) and np.isnan(metrics["train/grad_norm"])
     assert metrics["train/loss_spike"] == 0.0 and int(new.skipped_updates) == 1
     assert _same(old.params, new.params) and _same(old.opt_state, new.opt_state)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "pmd"])
+def test_accumulated_metrics_equal_the_one_batch_metrics(algorithm):
+    """Token means, counts and row means: 4 micro-batches report what one batch does. A group
+    without signal tokens must not drop out of distill/signal_fraction (it did: token-weighted,
+    the metric read 0.75 on steps where 3 of 16 rows had signal)."""
+    params = init_params(MODEL, jax.random.PRNGKey(0))
+    teacher = jax.tree.map(lambda x: x * 1.1, params)
+    batch = random_batch(3)
+    # The second group has no signal at all: its micro-batch adds no distillation tokens.
+    sample_mask = batch.sample_mask.copy()
+    sample_mask[4:8] = False
+    batch = jax.tree.map(jnp.asarray, batch._replace(sample_mask=sample_mask))
+    results = {}
+    for micro in (1, 4):
+        config = StepConfig(
+            algorithm=algorithm, loss=LossConfig(top_k=5), group_size=4, micro_batches=micro
+        )
+        _, metrics, _ = accumulated_grads(params, teacher, batch, MODEL, config)
+        results[micro] = {key: float(value) for key, value in metrics.items()}
+    assert results[1].keys() == results[4].keys()
+    for key, value in results[1].items():
+        assert results[4][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    if algorithm == "pmd":
+        assert results[4]["distill/signal_fraction"] == float(np.mean(sample_mask))
+        expected_tokens = np.sum(np.asarray(batch.response_mask) & sample_mask[:, None])
+        assert results[4]["distill/token_count"] == expected_tokens
