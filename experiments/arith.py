@@ -1,6 +1,6 @@
 """arith: the embedded default run (`make train`, no EXP): SmolLM2-135M-Instruct trained with PMD
 on the arith curriculum on a CPU, about 15 minutes on 2 cores (measured 13 min 22 s from a fresh
-clone, environment build included).
+clone, environment build included, before the teacher change below).
 
 The sizes are chosen for 2 CPU cores, not for the best final accuracy (README "The default run"
 has the measurements behind them, including that this run does not yet show learning):
@@ -8,13 +8,20 @@ has the measurements behind them, including that this run does not yet show lear
   levels give groups without a single success, hence no teacher solution to distil);
 - 8 steps of 4 problems x 4 rollouts at T=0.6 top-p 0.95 (T=1.0 rollouts are almost never right
   for a 135M model); responses stop after the '#### <answer>' line (at most 80 new tokens);
-- teacher prompts fit 320 tokens, in the "system" layout (the blocks go into the system turn and
-  the user turn is the student's own): with METHOD's layout (everything in one user message) the
-  135M teacher answers "The answer is N." and scores the student's '####' line lower than the
-  student does, and distilling that collapsed the policy (26.6% -> 1.6%);
+- teacher prompts fit 320 tokens, in METHOD's layout (everything in one user message), and the
+  teacher is shown solutions only: no verifier-feedback block, and only rollouts whose teacher
+  sees a correct solution (a sibling's, or a stored one) carry signal
+  (`show_feedback=False, signal_from_memory=False`; memory blocks are still shown on those rows).
+  Shown "your answer 42 is not correct", the 135M teacher answers worse than the student (0 of 64
+  failed rollouts right, the student 6%: experiments/teacher_probe.py), and those rows were most
+  of the signal; shown a correct solution, it answers right more often than the student in this
+  layout (60% vs 50%; 40% in the "system" layout). Three seeds, held-out % at step 8: 28.1 /
+  28.1 / 25.0 (27.1 +- 1.5), against 26.6 / 23.4 / 15.6 with feedback rows in the "system" layout
+  (the default until 2026-12-06; the "system" layout with solutions only: 18.8 on seed 0);
 - lr 5e-6 with 4 micro-batches: at 2e-5 the policy lost 12 points in 8 steps even in the system
-  layout, and at the paper's 1e-5 (loss temperature fixed) 11 points (Adam's first steps move
-  every weight by about lr, whatever the gradient's size);
+  layout, and at the paper's 1e-5 with feedback rows 11 points (Adam's first steps move every
+  weight by about lr, whatever the gradient's size); with solutions only, 1e-5 ends at 35.9 /
+  20.3 / 20.3 (25.5 +- 7.4): larger moves in both directions;
 - the loss at the rollout temperature (0.6): the sampler records log-probs at 0.6, and the rollout
   correction compares the trainer's with them (validate.py requires the two to match; until
   2026-12-06 this run's loss was at 1.0, which weighted tokens 0.87-0.91 on average, unlikely ones
@@ -23,7 +30,8 @@ has the measurements behind them, including that this run does not yet show lear
   first step (the base model) and after the last one.
 
     make train                                   # = make train EXP=arith
-    make train ARGS="--set algorithm=sdpo"       # the same budget with the SDPO baseline
+    make train ARGS="--set algorithm=sdpo"       # the same budget and teacher with SDPO
+    make train ARGS="--set algorithm=sdpo --set teacher.show_feedback=true"  # METHOD's SDPO
 """
 
 from pmd_jax.checkpoint import CheckpointConfig
@@ -64,7 +72,9 @@ CONFIG = TrainConfig(
         max_prompt_tokens=1024,
         prompt_width=1024,
     ),
-    teacher=TeacherConfig(max_prompt_tokens=320, layout="system"),
+    teacher=TeacherConfig(
+        max_prompt_tokens=320, layout="user", show_feedback=False, signal_from_memory=False
+    ),
     loss=LossConfig(alpha=0.5, top_k=100, temperature=0.6),  # the rollout temperature
     optimizer=OptimizerConfig(learning_rate=5e-6, warmup_steps=1, micro_batches=4),
     checkpoint=CheckpointConfig(every_steps=2, keep_last=2, keep_best=1),
