@@ -26,6 +26,12 @@ from jax import lax
 DIVERGENCE_IMPLS = ("jax", "pallas")
 
 
+# Metrics of the losses that are not token means (how gradient accumulation combines them):
+# counts add up over micro-batches; row means weigh each micro-batch by its rows, not its tokens.
+COUNT_METRICS = ("distill/token_count", "grpo/token_count")
+ROW_MEAN_METRICS = ("distill/signal_fraction", "grpo/advantage_abs")
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """Loss knobs; the first block is shared, the second is GRPO-only."""

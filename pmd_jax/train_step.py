@@ -21,7 +21,14 @@ import optax
 from jax import lax
 
 from pmd_jax import sharding
-from pmd_jax.losses import LossConfig, grpo_loss, self_distillation_loss_from_hidden, token_logprobs
+from pmd_jax.losses import (
+    COUNT_METRICS,
+    ROW_MEAN_METRICS,
+    LossConfig,
+    grpo_loss,
+    self_distillation_loss_from_hidden,
+    token_logprobs,
+)
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.transformer import Transformer, positions_from_mask
 from pmd_jax.sampling import lm_head_matrix
@@ -182,12 +189,6 @@ def _split_micro(batch: RolloutBatch, parts: int, group_size: int) -> RolloutBat
     if rows % (parts * group_size):
         raise ValueError(f"{rows} rows do not split into {parts} micro-batches of whole groups")
     return jax.tree.map(lambda x: x.reshape(parts, rows // parts, *x.shape[1:]), batch)
-
-
-# Metrics that are not token means: counts add up over micro-batches, and row means weigh each
-# micro-batch by its rows (all equal) rather than by its tokens.
-COUNT_METRICS = ("distill/token_count", "grpo/token_count")
-ROW_MEAN_METRICS = ("distill/signal_fraction", "grpo/advantage_abs")
 
 
 def accumulated_grads(
