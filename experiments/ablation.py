@@ -34,6 +34,7 @@ import os
 import pathlib
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,9 @@ class Study:
     eval_every: int
     workdir: pathlib.Path
     extra: tuple[str, ...] = ()  # more --set overrides for every run
+    # A finished run's orbax checkpoints (params, Adam moments, teacher: ~2.2 GB each at 135M,
+    # up to three a run) are dropped unless kept: the table needs only metrics and memory JSON.
+    keep_checkpoints: bool = False
 
     def run_dir(self, run_type: str, seed: int) -> pathlib.Path:
         return self.workdir / run_type / f"seed{seed}"
@@ -194,6 +198,9 @@ def run_study(study: Study, log=print) -> None:
             raise RuntimeError(f"frozen_memory seed {seed} needs the finished frozen_policy run")
         log(f"[{done + 1}/{len(todo)}] {run_type} seed {seed} ...")
         run_one(study, run_type, seed, log)
+        checkpoints = study.run_dir(run_type, seed) / "checkpoints"
+        if not study.keep_checkpoints and is_finished(study.run_dir(run_type, seed), study.steps):
+            shutil.rmtree(checkpoints, ignore_errors=True)
         elapsed = time.perf_counter() - start
         eta = elapsed / (done + 1) * (len(todo) - done - 1)
         log(f"  elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
@@ -437,6 +444,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="override for every run")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each finished run's checkpoints (~6 GB a run at 135M; by default a finished "
+        "run keeps metrics, evals and memory snapshots only; unfinished runs always keep theirs)",
+    )
+    parser.add_argument(
         "--merge-recorded",
         action="store_true",
         help="also count the runs recorded in RESULTS/runs.json (made in another workdir or on "
@@ -464,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         eval_every=args.eval_every or max(1, steps // 2),
         workdir=args.workdir.resolve(),
         extra=tuple(args.set),
+        keep_checkpoints=args.keep_checkpoints,
     )
     asked = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
     command = "make ablation" + (f' ARGS="{shlex.join(asked)}"' if asked else "")

@@ -22,7 +22,7 @@ def _study(tmp_path, run_types=("pmd", "sdpo", "frozen_policy"), seeds=(0, 1), s
 
 def _write_run(study, run_type, seed, evals, memory_evals=None, cut=False):
     run_dir = study.run_dir(run_type, seed)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for step in range(study.steps + 1):
         record = {"step": step, "reward/mean": 0.1}
@@ -137,6 +137,25 @@ def test_run_order_puts_frozen_memory_after_the_run_it_reads(tmp_path, monkeypat
     assert calls == ["pmd", "sdpo", "frozen_policy", "frozen_memory"]
     ablation.run_study(study, log=lambda _: None)  # everything finished: nothing reruns
     assert calls == ["pmd", "sdpo", "frozen_policy", "frozen_memory"]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_finished_runs_drop_their_checkpoints_unless_kept(tmp_path, monkeypatch, keep):
+    study = ablation.Study(("pmd", "sdpo"), (0,), 4, 2, tmp_path, keep_checkpoints=keep)
+
+    def fake_run(study, run_type, seed, log):
+        run_dir = study.run_dir(run_type, seed)
+        (run_dir / "checkpoints" / "4").mkdir(parents=True)
+        if run_type == "sdpo":  # killed before its last eval: it resumes from its checkpoint
+            raise RuntimeError("killed")
+        _write_run(study, run_type, seed, {0: 0.0, 2: 0.0, 4: 0.1})
+
+    monkeypatch.setattr(ablation, "run_one", fake_run)
+    with pytest.raises(RuntimeError, match="killed"):
+        ablation.run_study(study, log=lambda _: None)
+    assert (study.run_dir("pmd", 0) / "checkpoints").exists() == keep
+    assert (study.run_dir("pmd", 0) / "metrics.jsonl").exists()
+    assert (study.run_dir("sdpo", 0) / "checkpoints" / "4").exists()
 
 
 def test_unknown_run_type_is_refused(capsys):
