@@ -191,17 +191,6 @@ def figure_rows(results: dict[str, dict | None]) -> list[tuple[str, str, str, st
                 _met(overhead["pmd_over_sdpo"], 1.2, False),
             )
         )
-        if "pmd_async" in overhead:
-            ratio = overhead["pmd_async_over_sdpo"]
-            rows.append(
-                (
-                    "PMD with async_memory=true (reflection during the update) / SDPO step time",
-                    f"{ratio:.2f} ({overhead['pmd_async']['phases_s']['step']:.1f} vs "
-                    f"{overhead['sdpo']['phases_s']['step']:.1f} s)",
-                    "<= 1.2",
-                    _met(ratio, 1.2, False),
-                )
-            )
     rows.append(
         (
             "recompilation after step 1 (5 tiny PMD steps)",
@@ -229,17 +218,9 @@ def detail_sections(results: dict[str, dict | None]) -> list[str]:
             "| algorithm | " + " | ".join(phases) + " |",
             "|---|" + "---|" * len(phases),
         ]
-        for name in ("sdpo", "pmd", "pmd_async"):
-            if name in overhead:
-                means = overhead[name]["phases_s"]
-                cells = " | ".join(f"{means.get(p, 0.0):.2f}" for p in phases)
-                lines.append(f"| {name} | {cells} |")
-        if "pmd_async" in overhead:
-            lines += [
-                "",
-                "pmd_async: `async_memory=true`; its memory_reflect and memory_evolve ran in a "
-                "worker thread during the update, memory_wait is the update's wait for them.",
-            ]
+        for algorithm in ("sdpo", "pmd"):
+            means = overhead[algorithm]["phases_s"]
+            lines.append(f"| {algorithm} | " + " | ".join(f"{means[p]:.2f}" for p in phases) + " |")
         lines.append("")
     ops = results.get("memory_ops")
     if ops:

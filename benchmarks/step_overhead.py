@@ -4,10 +4,7 @@ Runs `python -m pmd_jax.train --exp arith` for a few steps with each algorithm (
 progress bar) and reads the per-step phase times the loop logs in metrics.jsonl: time/sample,
 time/verify, time/memory (experience inserts, reflection, behaviour evolution; SDPO has none;
 split into time/memory_remember, time/memory_reflect, time/memory_evolve),
-time/teacher (teacher prompts) and time/update (the jit'd train step). PMD runs twice: in METHOD's
-order, and with `async_memory=true` (reflection and evolution in a worker thread during the
-update: their time/memory_* overlap time/update, and time/memory_wait is the update's wait for
-them, counted in time/memory). Step 1 compiles, so the
+time/teacher (teacher prompts) and time/update (the jit'd train step). Step 1 compiles, so the
 figures are means over steps 2..total_steps; behaviour evolution runs at steps 1 and 3, so its
 compile falls in step 1 and the counted steps evolve every second step (arith's own cadence is
 every third: the figure overstates evolution's share). `--quick` shrinks the batch and generation
@@ -30,9 +27,7 @@ from benchmarks.common import machine_description, write_result
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHASES = ("sample", "verify", "memory", "teacher", "update")
-MEMORY_PARTS = ("memory_remember", "memory_reflect", "memory_evolve", "memory_wait")
-# run name -> (algorithm, extra overrides)
-RUNS = {"sdpo": ("sdpo", ()), "pmd": ("pmd", ()), "pmd_async": ("pmd", ("async_memory=true",))}
+MEMORY_PARTS = ("memory_remember", "memory_reflect", "memory_evolve")  # split time/memory
 COMMON = (
     "eval.initial=false",
     "eval.final=false",
@@ -103,26 +98,19 @@ def main(argv: list[str] | None = None) -> dict:
         root = pathlib.Path(tmp)
         # Both runs compile the same sampler and embedder: share them through JAX's disk cache.
         env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"))
-        for name, (algorithm, extra) in RUNS.items():
-            print(f"[step_overhead] {name}: {args.steps} steps of arith...", flush=True)
-            records, seconds = run_steps(
-                algorithm, args.steps, (*overrides, *extra), root / name, env
-            )
+        for algorithm in ("sdpo", "pmd"):
+            print(f"[step_overhead] {algorithm}: {args.steps} steps of arith...", flush=True)
+            records, seconds = run_steps(algorithm, args.steps, overrides, root / algorithm, env)
             means = phase_means(records, first_step=2)
-            result[name] = {"phases_s": means, "run_seconds": seconds}
+            result[algorithm] = {"phases_s": means, "run_seconds": seconds}
             print(
-                f"[step_overhead] {name}: {means['step']:.1f} s/step ("
+                f"[step_overhead] {algorithm}: {means['step']:.1f} s/step ("
                 + ", ".join(f"{p} {means[p]:.1f}" for p in (*PHASES, *MEMORY_PARTS))
                 + f"); whole run {seconds:.0f} s",
                 flush=True,
             )
-    sdpo_step = result["sdpo"]["phases_s"]["step"]
-    result["pmd_over_sdpo"] = result["pmd"]["phases_s"]["step"] / sdpo_step
-    result["pmd_async_over_sdpo"] = result["pmd_async"]["phases_s"]["step"] / sdpo_step
-    print(
-        f"[step_overhead] PMD / SDPO step time: {result['pmd_over_sdpo']:.2f} "
-        f"(async_memory: {result['pmd_async_over_sdpo']:.2f})"
-    )
+    result["pmd_over_sdpo"] = result["pmd"]["phases_s"]["step"] / result["sdpo"]["phases_s"]["step"]
+    print(f"[step_overhead] PMD / SDPO step time: {result['pmd_over_sdpo']:.2f}")
     print(f"[step_overhead] wrote {write_result('step_overhead', result)}")
     return result
 

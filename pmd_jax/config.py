@@ -97,10 +97,6 @@ class TrainConfig:
     total_steps: int = 100
     seed: int = 0
     teacher_tau: float = 0.05  # EMA rate of the teacher parameters; 0 = frozen base teacher
-    # PMD: reflect and evolve in a worker thread while the update runs. The teacher of step t then
-    # sees the experience of step t but the insights and behaviours of steps < t (METHOD's order
-    # shows it step t's too); the memory a step saves and returns is the same either way.
-    async_memory: bool = False
     log_every: int = 1
     tensorboard: bool = True
     progress: bool = True
@@ -135,12 +131,6 @@ class TrainConfig:
             raise ValueError("ablation 'frozen_memory' needs frozen_memory_path (a memory JSON)")
         if self.total_steps < 1:
             raise ValueError(f"TrainConfig.total_steps={self.total_steps} must be >= 1")
-        if self.async_memory and (self.algorithm != "pmd" or self.ablation != "none"):
-            raise ValueError(
-                "TrainConfig.async_memory=True overlaps PMD's reflection with the update: it needs "
-                f"algorithm 'pmd' and ablation 'none' (got {self.algorithm!r}, {self.ablation!r}; "
-                "pmd_transient would clear each step's insights before a teacher could see them)"
-            )
 
     @property
     def uses_memory(self) -> bool:

@@ -18,9 +18,7 @@ resumed run continues exactly as the uninterrupted one would.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
-import functools
 import json
 import os
 import pathlib
@@ -357,8 +355,7 @@ def _reflect_and_evolve(
     run: Run, step: int, memory, rollouts, changed, reflector, reflect_rng, evolve_rng, centroids
 ):
     """Insights of the changed groups, then the behaviour bank on its cadence (METHOD steps 4-5)
-    -> (memory, metrics, centroids, times). A function of its arguments only: with
-    `async_memory` it runs in a worker thread while the update runs."""
+    -> (memory, metrics, centroids, times)."""
     config = run.config
     metrics: dict[str, float] = {}
     times: dict[str, float] = {}
@@ -425,11 +422,7 @@ def _teacher_batch(run: Run, rollouts, memory):
 
 
 def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
-    """The host phases and the update of one step -> (state, memory, metrics, centroids).
-
-    With `config.async_memory` reflection and evolution run in a worker thread during the update
-    (the teacher is built from the memory after this step's experience update, without this
-    step's insights and behaviours) and are joined before the step returns."""
+    """The host phases and the update of one step -> (state, memory, metrics, centroids)."""
     config = run.config
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     sample_rng, reflect_rng, evolve_rng = jax.random.split(rng, 3)
@@ -456,24 +449,18 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
     times["time/verify"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    pending = None
     if memory is not None:
         memory, stats, changed, part_times = _remember(run, step, memory, rollouts)
         metrics.update(stats)
         times.update(part_times)
         # reflect.reflector="base": reflect and evolve with the initial params, not the policy
         reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
-        args = (run, step, memory, rollouts, changed, reflector, reflect_rng, evolve_rng, centroids)
-        if config.async_memory:
-            # the update donates state.params: the worker reflects with its own copy
-            if reflector is state.params:
-                args = (*args[:5], jax.tree.map(jnp.copy, reflector), *args[6:])
-            pending = _memory_worker().submit(_reflect_and_evolve, *args)
-        else:
-            memory, stats, centroids, part_times = _reflect_and_evolve(*args)
-            metrics.update(stats)
-            times.update(part_times)
-            metrics.update(_memory_metrics(memory, run.memory_config))
+        memory, stats, centroids, part_times = _reflect_and_evolve(
+            run, step, memory, rollouts, changed, reflector, reflect_rng, evolve_rng, centroids
+        )
+        metrics.update(stats)
+        times.update(part_times)
+        metrics.update(_memory_metrics(memory, run.memory_config))
     times["time/memory"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -489,30 +476,13 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
         metrics.update({k: float(v) for k, v in jax.device_get(step_metrics).items()})
     times["time/update"] = time.perf_counter() - start
 
-    if pending is not None:
-        start = time.perf_counter()
-        memory, stats, centroids, part_times = pending.result()
-        metrics.update(stats)
-        times.update(part_times)
-        metrics.update(_memory_metrics(memory, run.memory_config))
-        # the update's wait for the worker counts as memory time; the worker's own phase times
-        # (time/memory_reflect, time/memory_evolve) overlapped the update
-        times["time/memory_wait"] = time.perf_counter() - start
-        times["time/memory"] += times["time/memory_wait"]
-
     metrics["reward/mean"] = float(np.mean(rollouts.rewards))
     metrics["reward/accuracy"] = float(np.mean(rollouts.rewards > 0.5))
     metrics["response/length_mean"] = float(np.mean(rollouts.lengths))
     metrics.update(times)
-    # time/memory_* split time/memory (remember, reflect, evolve, wait); they are not added again.
+    # time/memory_* split time/memory (remember, reflect, evolve); they are not added again.
     metrics["time/step"] = sum(v for k, v in times.items() if not k.startswith("time/memory_"))
     return state, memory, metrics, centroids
-
-
-@functools.cache
-def _memory_worker() -> concurrent.futures.ThreadPoolExecutor:
-    """The one thread that reflects and evolves during the update (`async_memory`)."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pmd-memory")
 
 
 def train(

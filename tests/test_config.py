@@ -54,9 +54,6 @@ def test_ablations_check_their_requirements():
     config = TrainConfig(granularity="exp+ins")
     assert config.level_enabled("ins") and not config.level_enabled("beh")
     assert not TrainConfig(algorithm="grpo").level_enabled("exp")
-    for algorithm, ablation in (("sdpo", "none"), ("pmd", "pmd_transient")):
-        with pytest.raises(ValueError, match=f"async_memory.*{algorithm!r}, {ablation!r}"):
-            TrainConfig(algorithm=algorithm, ablation=ablation, async_memory=True)
 
 
 def test_experiments_load_and_unknown_ones_are_listed():

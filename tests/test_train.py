@@ -185,32 +185,6 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(train_env, tmp_path):
     assert_same_run(resumed, straight, last_step=6)
 
 
-def test_async_memory_saves_the_same_memory_and_shows_the_teacher_the_previous_steps(
-    train_env, tmp_path
-):
-    """async_memory reflects and evolves during the update: step 1 stores exactly what the
-    in-order run stores, and its teacher saw the memory before step 1's insights and behaviours
-    (shorter prompts), the in-order teacher the memory after them."""
-    overrides = ("total_steps=1", "checkpoint.every_steps=1", "eval.final=false")
-    runs = {}
-    for mode in ("false", "true"):
-        workdir = tmp_path / f"async_{mode}"
-        _ok(_train(train_env, workdir, *overrides, f"async_memory={mode}"))
-        (record,) = _metrics(workdir)
-        snapshot = json.loads((workdir / "memory" / "memory_step_1.json").read_text())
-        runs[mode] = record, snapshot
-    (in_order, in_order_memory), (overlapped, overlapped_memory) = runs["false"], runs["true"]
-    assert overlapped_memory == in_order_memory
-    assert in_order_memory["insights"] and in_order_memory["behaviours"]
-    for key in in_order:
-        if key.startswith(("memory/", "reflect/", "behaviour/", "reward/")):
-            assert overlapped[key] == in_order[key], key
-    assert overlapped["teacher/prompt_tokens"] < in_order["teacher/prompt_tokens"]
-    assert "time/memory_wait" in overlapped and "time/memory_wait" not in in_order
-    phases = ("sample", "verify", "memory", "teacher", "update")
-    assert overlapped["time/step"] == pytest.approx(sum(overlapped[f"time/{p}"] for p in phases))
-
-
 @pytest.mark.slow
 def test_ablations_transient_clears_and_frozen_policy_keeps_params(train_env, tmp_path):
     transient = tmp_path / "transient"
