@@ -198,9 +198,10 @@ def run_study(study: Study, log=print) -> None:
             raise RuntimeError(f"frozen_memory seed {seed} needs the finished frozen_policy run")
         log(f"[{done + 1}/{len(todo)}] {run_type} seed {seed} ...")
         run_one(study, run_type, seed, log)
-        checkpoints = study.run_dir(run_type, seed) / "checkpoints"
-        if not study.keep_checkpoints and is_finished(study.run_dir(run_type, seed), study.steps):
-            shutil.rmtree(checkpoints, ignore_errors=True)
+        run_dir = study.run_dir(run_type, seed)
+        finished = is_finished(run_dir, study.steps)
+        if finished and not study.keep_checkpoints and (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir / "checkpoints")
         elapsed = time.perf_counter() - start
         eta = elapsed / (done + 1) * (len(todo) - done - 1)
         log(f"  elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")

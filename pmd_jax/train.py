@@ -336,7 +336,7 @@ def _remember(run: Run, step: int, memory, rollouts):
     config = run.config
     if config.ablation == "pmd_transient":
         memory = clear(memory, run.memory_config, keep_behaviours=False)
-    if config.ablation == "frozen_memory" or not config.level_enabled("exp"):
+    if not config.level_enabled("exp"):
         return memory, {}, None, {}
     start = time.perf_counter()
     memory, stats, changed = phases.remember(
@@ -359,8 +359,6 @@ def _reflect_and_evolve(
     config = run.config
     metrics: dict[str, float] = {}
     times: dict[str, float] = {}
-    if config.ablation == "frozen_memory":
-        return memory, metrics, centroids, times
     if changed is not None and config.level_enabled("ins"):
         start = time.perf_counter()
         memory, stats, _ = phases.reflect_on_groups(
@@ -450,16 +448,17 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
 
     start = time.perf_counter()
     if memory is not None:
-        memory, stats, changed, part_times = _remember(run, step, memory, rollouts)
-        metrics.update(stats)
-        times.update(part_times)
-        # reflect.reflector="base": reflect and evolve with the initial params, not the policy
-        reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
-        memory, stats, centroids, part_times = _reflect_and_evolve(
-            run, step, memory, rollouts, changed, reflector, reflect_rng, evolve_rng, centroids
-        )
-        metrics.update(stats)
-        times.update(part_times)
+        if config.ablation != "frozen_memory":
+            memory, stats, changed, part_times = _remember(run, step, memory, rollouts)
+            metrics.update(stats)
+            times.update(part_times)
+            # reflect.reflector="base": reflect and evolve with the initial params, not the policy
+            reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
+            memory, stats, centroids, part_times = _reflect_and_evolve(
+                run, step, memory, rollouts, changed, reflector, reflect_rng, evolve_rng, centroids
+            )
+            metrics.update(stats)
+            times.update(part_times)
         metrics.update(_memory_metrics(memory, run.memory_config))
     times["time/memory"] = time.perf_counter() - start
 
