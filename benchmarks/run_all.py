@@ -21,7 +21,6 @@ import sys
 import time
 
 from benchmarks.common import RESULTS_DIR, machine_description
-from pmd_jax.cpu_flags import add_cpu_xla_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUMMARY = REPO_ROOT / "BENCHMARKS.md"
@@ -276,8 +275,7 @@ def write_summary(results, runs: dict[str, dict], machine: dict, command: str, t
         f"Machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
         f"jax {machine['jax']} ({machine['jax_backend']}); load average {load:.1f} at the end "
         "(the machine is shared: absolute numbers are noisy, ratios from the same run count). "
-        f"XLA_FLAGS for ours and tunix's: `{machine.get('xla_flags', '')}` "
-        "(pmd_jax/cpu_flags.py).",
+        f"XLA_FLAGS for ours and tunix's: `{machine.get('xla_flags') or '(none: XLA defaults)'}`.",
         "",
         "| figure | measured | target | met |",
         "|---|---|---|---|",
@@ -318,7 +316,6 @@ def main(argv: list[str] | None = None) -> None:
         command = "python -m benchmarks.run_all --summary-only (from earlier JSON results)"
         write_summary(results, runs, machine_description(), command, float("nan"))
         return
-    add_cpu_xla_flags()  # every benchmark, tunix's sampler included, runs with the same XLA flags
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     start = time.perf_counter()
     runs = {}
