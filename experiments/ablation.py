@@ -325,18 +325,26 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{values.mean():.1f} +- {values.std():.1f}"
 
 
-def table_rows(curves: dict, steps: int) -> list[tuple[str, int, str, str]]:
-    """(label, seeds, final mean +- std, best mean +- std) per run type, in LABELS order."""
+def _per_seed(finals: dict[int, float]) -> str:
+    """'28.1, 25.0 (seeds 0, 1)': the final accuracy % of each seed, in seed order."""
+    seeds = sorted(finals)
+    values = ", ".join(f"{100 * finals[s]:.1f}" for s in seeds)
+    return f"{values} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+
+
+def table_rows(curves: dict, steps: int) -> list[tuple[str, int, str, str, str]]:
+    """(label, seeds, final mean +- std, best mean +- std, final per seed) per run type, in
+    LABELS order."""
     rows = []
     labels = {**LABELS, "frozen_policy+memory": "Evolving memory + frozen policy, memory in prompt"}
     for run_type, label in labels.items():
         seeds = curves.get(run_type, {})
         if not seeds:
             continue
-        finals = [evals[max(evals)] for evals in seeds.values()]
+        finals = {seed: evals[max(evals)] for seed, evals in seeds.items()}
         trained = [[v for s, v in evals.items() if s > 0] for evals in seeds.values()]
         best = _mean_std([max(v) for v in trained]) if all(trained) else "-"
-        rows.append((label, len(seeds), _mean_std(finals), best))
+        rows.append((label, len(seeds), _mean_std(list(finals.values())), best, _per_seed(finals)))
     return rows
 
 
@@ -356,9 +364,10 @@ def write_table(study: Study, records: dict[str, dict], path: pathlib.Path, comm
         f"Wall time of the runs (sum): {_wall_line(records)} on {_machine()}; "
         f"written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
         "",
-        "| Run type | Seeds | Final accuracy % (mean +- std) | Best eval after step 0 % |",
-        "|---|---|---|---|",
-        *(f"| {label} | {n} | {final} | {best} |" for label, n, final, best in rows),
+        "| Run type | Seeds | Final accuracy % (mean +- std) | Best eval after step 0 % "
+        "| Final accuracy % per seed |",
+        "|---|---|---|---|---|",
+        *(f"| {label} | {n} | {final} | {best} | {each} |" for label, n, final, best, each in rows),
         "",
         "Base = every run's step-0 evaluation (greedy, so identical across seeds).",
     ]

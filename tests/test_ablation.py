@@ -83,9 +83,10 @@ def test_table_rows_give_mean_and_std_of_final_and_best(tmp_path):
         2,
         f"{finals.mean():.1f} +- {finals.std():.1f}",
         f"{best.mean():.1f} +- {best.std():.1f}",
+        "25.0, 50.0 (seeds 0, 1)",
     ]
-    assert rows["SDPO"] == [1, "12.5 +- 0.0", "25.0 +- 0.0"]
-    assert rows["Base (no training)"] == [2, "25.0 +- 0.0", "-"]
+    assert rows["SDPO"] == [1, "12.5 +- 0.0", "25.0 +- 0.0", "12.5 (seed 0)"]
+    assert rows["Base (no training)"] == [2, "25.0 +- 0.0", "-", "25.0, 25.0 (seeds 0, 1)"]
     assert rows["Evolving memory + frozen policy, memory in prompt"][1] == "50.0 +- 0.0"
     assert list(rows)[0] == "Base (no training)"
 
@@ -99,7 +100,7 @@ def test_report_writes_table_curves_and_runs(tmp_path):
     ablation.report(study, results, "make ablation")
     table = (results / "table.md").read_text()
     assert "Command: `make ablation`" in table
-    assert "| PMD (exp+ins+beh) | 1 | 75.0 +- 0.0 | 75.0 +- 0.0 |" in table
+    assert "| PMD (exp+ins+beh) | 1 | 75.0 +- 0.0 | 75.0 +- 0.0 | 75.0 (seed 0) |" in table
     assert "Wall time of the runs (sum): 0.50 h" in table
     assert "Code: not recorded (every finished run)." in table
     assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -228,6 +229,7 @@ def test_recorded_runs_of_the_same_budget_join_the_table(tmp_path):
     table = (results / "table.md").read_text()
     finals = 100 * np.array([0.5, 0.75, 1.0])  # seed 0 recorded first, then the later runs
     assert f"| PMD (exp+ins+beh) | 3 | {finals.mean():.1f} +- {finals.std():.1f} |" in table
+    assert "| 50.0, 75.0, 100.0 (seeds 0, 1, 2) |" in table  # per seed, recorded or not
     assert "| Evolving memory + frozen policy, memory in prompt | 1 | 0.0 +- 0.0 |" in table
     assert (
         "Code: not recorded (frozen_policy/seed0, pmd/seed1); aaa1111 (pmd/seed0); "
