@@ -463,7 +463,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--merge-recorded",
         action="store_true",
         help="also count the runs recorded in RESULTS/runs.json (made in another workdir or on "
-        "another machine) that have this budget; a run finished in --workdir replaces its record",
+        "another machine) that have this budget and are among --seeds and --runs; a run finished "
+        "in --workdir replaces its record",
     )
     return parser.parse_args(argv)
 
