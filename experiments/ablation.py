@@ -5,11 +5,11 @@ SmolLM2-135M, the same budget and seeds, then a table and curves of held-out acc
     make ablation ARGS="--seeds 0 --steps 6"       # a smaller budget
     make ablation ARGS="--report-only"             # table + curves from the runs already done
 
-Run types (METHOD section 9): base (the starting model: every run's step-0 evaluation), GRPO,
+Run types (METHOD section 7): base (the starting model: every run's step-0 evaluation), GRPO,
 SDPO, PMD, PMD-transient (memory cleared every step), evolving memory + frozen policy (evaluated
 with and without retrieved behaviours in the prompt), frozen memory + evolving policy (the memory
-the frozen-policy run built with the same seed, frozen while the policy trains), and PMD's memory granularity (exp, exp+ins; the full
-exp+ins+beh is PMD itself).
+the frozen-policy run built with the same seed, frozen while the policy trains), and PMD's memory
+granularity (exp, exp+ins; the full exp+ins+beh is PMD itself).
 
 Each run is `python -m pmd_jax.train --exp arith` in its own directory `WORKDIR/TYPE/seedS`, so an
 interrupted study resumes: finished runs are skipped, unfinished ones resume from their last
@@ -19,7 +19,8 @@ of every run reported so far (curves, budget, commits, wall time): with --merge-
 table also counts recorded runs of the same budget, so a study can be spread over machines
 whose workdirs do not survive (a run finished in --workdir replaces its record).
 
-    make ablation ARGS="--seeds 2 --merge-recorded"  # seed 2 here, seeds 0-1 from runs.json
+    make ablation ARGS="--seeds 3"                                  # seed 3 on this machine
+    make ablation ARGS="--seeds 0,1,2,3 --merge-recorded --report-only"  # + recorded seeds 0-2
 """
 
 from __future__ import annotations
