@@ -17,7 +17,7 @@ import numpy as np
 from benchmarks.common import best_time, machine_description, write_result
 from pmd_jax.model import load
 from pmd_jax.model.registry import find_smollm2_gguf
-from pmd_jax.sampling import SampleConfig, sample
+from pmd_jax.sampling import SampleConfig, sample_program
 
 PASSAGE = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -52,7 +52,7 @@ def main() -> None:
     print(f"[sampler] ours: compiling (batch {batch}, {new_tokens} new tokens)...")
     args_ = (model.params, model.config, prompts, mask, jax.random.PRNGKey(0), config)
     start = time.perf_counter()
-    compiled = sample.lower(*args_).compile()
+    compiled = sample_program.lower(*args_).compile()
     compile_s = time.perf_counter() - start
     dynamic_args = (model.params, prompts, mask, jax.random.PRNGKey(0))
 

@@ -21,10 +21,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from pmd_jax import sharding
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.decode import KVCache, cache_from_prefill, decode_step, decode_weights
 from pmd_jax.model.transformer import Transformer, positions_from_mask
+from pmd_jax.sharding import BATCH_AXES, constrain, rows_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,17 +131,27 @@ def logprob_temperature(temperature: float) -> float:
     return temperature if temperature > 0 else 1.0
 
 
+def row_keys(rng: jax.Array, step: jax.Array, rows: int) -> jax.Array:
+    """One key per row for decode step `step`: fold_in(fold_in(rng, step), row). A row's random
+    numbers depend on (rng, step, row) only, not on how many rows there are or how they are split
+    over devices, so a run samples the same tokens on 1 device and on 8. -> [rows] keys."""
+    step_key = jax.random.fold_in(rng, step)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, jnp.arange(rows))
+
+
 def choose_tokens(
-    logits: jax.Array, rng: jax.Array, temperature: float, top_k: int, top_p: float
+    logits: jax.Array, keys: jax.Array, temperature: float, top_k: int, top_p: float
 ) -> tuple[jax.Array, jax.Array]:
-    """Pick one token per row. logits: [N, V] -> (tokens [N] int32, logprobs [N] float32)."""
+    """Pick one token per row. logits: [N, V]; keys: [N] keys (one per row, `row_keys`) ->
+    (tokens [N] int32, logprobs [N] float32)."""
     logits = logits.astype(jnp.float32)
     scaled = logits / logprob_temperature(temperature)
     logprobs = jax.nn.log_softmax(scaled, axis=-1)
     if temperature == 0.0:
         tokens = jnp.argmax(logits, axis=-1)
     else:
-        tokens = jax.random.categorical(rng, truncate_logits(scaled, top_k, top_p), axis=-1)
+        truncated = truncate_logits(scaled, top_k, top_p)
+        tokens = jax.vmap(jax.random.categorical)(keys, truncated)
     chosen_logprobs = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
     return tokens.astype(jnp.int32), chosen_logprobs
 
@@ -169,6 +183,7 @@ def prefill(
     prompt_mask: jax.Array,
     positions: jax.Array,
     bucket: int,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The prompt forward for left-padded prompt_tokens, prompt_mask, positions: [B, T].
 
@@ -177,7 +192,7 @@ def prefill(
     in every row, masked for every query, so they change no real token's result (float sums may round
     differently, as any change of padding width does). Their keys/values are zeros, masked in the
     cache as before. Returns (final-norm hidden state of the last column [B, D], keys, values
-    [L, B, T, K, Dh]).
+    [L, B, T, K, Dh]); with a mesh, rows over (data, fsdp) and key/value heads over tensor.
     """
     prompt_len = prompt_tokens.shape[1]
     widths = prefill_widths(prompt_len, bucket)
@@ -188,7 +203,12 @@ def prefill(
                 {"params": params}, tokens[:, -width:], positions[:, -width:], mask[:, -width:]
             )
             pad = [(0, 0), (0, 0), (prompt_len - width, 0), (0, 0), (0, 0)]
-            return hidden[:, -1], jnp.pad(keys, pad), jnp.pad(values, pad)
+            cache_spec = P(None, BATCH_AXES, None, "tensor")
+            return (
+                constrain(hidden[:, -1], mesh, rows_spec(2)),
+                constrain(jnp.pad(keys, pad), mesh, cache_spec),
+                constrain(jnp.pad(values, pad), mesh, cache_spec),
+            )
 
         return run
 
@@ -211,10 +231,8 @@ class _DecodeState(NamedTuple):
     done: jax.Array  # [N] bool
     stop_state: jax.Array  # [N] int32, state of the stop automaton
     lengths: jax.Array  # [N] int32, tokens generated so far (the stop token included)
-    rng: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "config"))
 def sample(
     params: dict,
     model_config: ModelConfig,
@@ -223,42 +241,89 @@ def sample(
     rng: jax.Array,
     config: SampleConfig,
     stop_table: jax.Array | None = None,
+    mesh: Mesh | None = None,
 ) -> SampleOutput:
     """Sample J continuations of each left-padded prompt. prompt_tokens, prompt_mask: [B, T].
 
     stop_table: optional [Q, V] int8 token transition table of a stop automaton (start state 0,
     accept state Q - 1, e.g. `answer_line_stop_table`): a row also stops when it reaches accept.
+
+    mesh: run on this device mesh (`sharding.make_mesh`): rows and their KV cache split over
+    (data, fsdp), weights in the sampling layout (`sharding.sampling_param_shardings`, gathered
+    once per call, split over tensor). `params` may be in any layout (e.g. the training one); host
+    inputs are placed here. The outputs stay row-split (`sharding.to_host` gathers them). The
+    tokens do not depend on the mesh (`row_keys`). Without a mesh: the default device.
     """
-    # In the compute dtype once, so the loop's `_logits` casts nothing per token.
-    lm_head = lm_head_matrix(params, model_config).astype(model_config.dtype)
-    weights = decode_weights(params, model_config)
+    if mesh is not None:
+        prompt_tokens, prompt_mask, rng, stop_table = sharding.replicate(
+            (prompt_tokens, prompt_mask, rng, stop_table), mesh
+        )
+    return sample_program(
+        params, model_config, prompt_tokens, prompt_mask, rng, config, stop_table, mesh
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "config", "mesh"))
+def sample_program(
+    params: dict,
+    model_config: ModelConfig,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    config: SampleConfig,
+    stop_table: jax.Array | None = None,
+    mesh: Mesh | None = None,
+) -> SampleOutput:
+    """The jit'd sampler behind `sample` (lower it for ahead-of-time compiles); inputs must already
+    be on `mesh`'s devices when it spans several processes.
+
+    On a mesh, B is padded to a multiple of data x fsdp with copies of prompt 0 (their rows are
+    decoded and dropped), so each device holds N_pad / (data x fsdp) rows.
+    """
     batch, prompt_len = prompt_tokens.shape
-    rows, gen = batch * config.num_samples, config.max_new_tokens
+    divisor = 1 if mesh is None else sharding.batch_divisor(mesh)
+    padded = -(-batch // divisor) * divisor
     prompt_mask = prompt_mask.astype(bool)
+    if padded != batch:
+        fill = padded - batch
+        prompt_tokens = jnp.concatenate([prompt_tokens, jnp.repeat(prompt_tokens[:1], fill, 0)])
+        prompt_mask = jnp.concatenate([prompt_mask, jnp.repeat(prompt_mask[:1], fill, 0)])
+    prompt_tokens = constrain(prompt_tokens, mesh, rows_spec(2))
+    prompt_mask = constrain(prompt_mask, mesh, rows_spec(2))
+    if mesh is not None:  # the sampling layout, once: gathered over fsdp, split over tensor
+        params = jax.lax.with_sharding_constraint(
+            params, sharding.sampling_param_shardings(params, mesh)
+        )
+    # In the compute dtype once, so the loop's `_logits` casts nothing per token.
+    lm_head = constrain(
+        lm_head_matrix(params, model_config).astype(model_config.dtype), mesh, P(None, "tensor")
+    )
+    weights = decode_weights(params, model_config, mesh)
+    rows, gen = padded * config.num_samples, config.max_new_tokens
+    row_split = functools.partial(constrain, mesh=mesh)
 
     positions = positions_from_mask(prompt_mask)
     last_hidden, keys, values = prefill(
-        params, model_config, prompt_tokens, prompt_mask, positions, config.prefill_bucket
+        params, model_config, prompt_tokens, prompt_mask, positions, config.prefill_bucket, mesh
     )
     repeat = functools.partial(jnp.repeat, repeats=config.num_samples, total_repeat_length=rows)
     state = _DecodeState(
         step=jnp.zeros((), jnp.int32),
-        cache=cache_from_prefill(keys, values, prompt_mask, config.num_samples, gen),
-        next_logits=repeat(_logits(last_hidden, lm_head), axis=0),
-        next_positions=repeat(positions[:, -1] + 1, axis=0),
-        tokens=jnp.full((rows, gen), config.pad_id, jnp.int32),
-        logprobs=jnp.zeros((rows, gen), jnp.float32),
-        done=jnp.zeros((rows,), bool),
-        stop_state=jnp.zeros((rows,), jnp.int32),
-        lengths=jnp.zeros((rows,), jnp.int32),
-        rng=rng,
+        cache=cache_from_prefill(keys, values, prompt_mask, config.num_samples, gen, mesh),
+        next_logits=row_split(repeat(_logits(last_hidden, lm_head), axis=0), spec=rows_spec(2)),
+        next_positions=row_split(repeat(positions[:, -1] + 1, axis=0), spec=rows_spec(1)),
+        tokens=row_split(jnp.full((rows, gen), config.pad_id, jnp.int32), spec=rows_spec(2)),
+        logprobs=row_split(jnp.zeros((rows, gen), jnp.float32), spec=rows_spec(2)),
+        done=row_split(jnp.zeros((rows,), bool), spec=rows_spec(1)),
+        stop_state=row_split(jnp.zeros((rows,), jnp.int32), spec=rows_spec(1)),
+        lengths=row_split(jnp.zeros((rows,), jnp.int32), spec=rows_spec(1)),
     )
     stop_ids = jnp.asarray(config.stop_ids or (-1,), jnp.int32)
 
     def next_token(s: _DecodeState) -> _DecodeState:
-        rng, step_rng = jax.random.split(s.rng)
+        keys = row_split(row_keys(rng, s.step, rows), spec=rows_spec(1))
         token, logprob = choose_tokens(
-            s.next_logits, step_rng, config.temperature, config.top_k, config.top_p
+            s.next_logits, keys, config.temperature, config.top_k, config.top_p
         )
         token = jnp.where(s.done, config.pad_id, token)
         logprob = jnp.where(s.done, 0.0, logprob)
@@ -270,10 +335,12 @@ def sample(
         hidden, cache = decode_step(
             weights, model_config, s.cache, token, s.next_positions, prompt_len + s.step
         )
+        # Whole rows for choosing the next token (an all-gather of logits over tensor, if split).
+        next_logits = row_split(_logits(hidden, lm_head), spec=rows_spec(2))
         return _DecodeState(
             step=s.step + 1,
             cache=cache,
-            next_logits=_logits(hidden, lm_head),
+            next_logits=next_logits,
             next_positions=s.next_positions + 1,
             tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1),
             logprobs=jax.lax.dynamic_update_slice_in_dim(
@@ -282,14 +349,16 @@ def sample(
             done=done,
             stop_state=stop_state,
             lengths=s.lengths + (~s.done).astype(jnp.int32),
-            rng=rng,
         )
 
     def not_finished(s: _DecodeState) -> jax.Array:
         return (s.step < gen) & ~jnp.all(s.done)
 
     final = jax.lax.while_loop(not_finished, next_token, state)
-    return SampleOutput(final.tokens, final.logprobs, final.lengths, final.done)
+    real = batch * config.num_samples
+    return SampleOutput(
+        final.tokens[:real], final.logprobs[:real], final.lengths[:real], final.done[:real]
+    )
 
 
 def bucket_length(length: int, bucket: int = 64) -> int:

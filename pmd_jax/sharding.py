@@ -6,9 +6,15 @@ split over (data, fsdp), every weight matrix over fsdp on one side and tensor on
 inserts the collectives. A dimension that an axis does not divide stays unsplit on that axis (a
 2-layer test model on 8 devices still runs); `partition_report` lists every such leaf.
 
-Multi-host (TPU pod slices): call `initialize_distributed(MeshConfig(distributed=True))` first in
-every process; `jax.devices()` then spans all hosts and each host feeds its own shard of the batch
-(`host_batch_slice`).
+Sampling (rollouts, reflection, evaluation, embeddings) runs on the same mesh in a second layout,
+`sampling_param_shardings`: the training rules with fsdp dropped, so each weight is gathered over
+fsdp once per sampling call (rows are split over data x fsdp and every device decodes its own rows
+with whole matrices) and stays split over tensor.
+
+Multi-host: every process holds the same host values (the host phases are deterministic and run
+on every process), and `put` / `replicate` / `put_rows` build global arrays from them
+(`jax.make_array_from_callback`: each process fills its own devices' shards, nothing is sent);
+`to_host` gathers a global array back to every process.
 """
 
 from __future__ import annotations
@@ -89,7 +95,9 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     axes = list(spec) + [None] * (len(shape) - len(spec))
     fitted = []
     for dim, axis in zip(shape, axes[: len(shape)], strict=True):
-        fitted.append(axis if axis is None or dim % mesh.shape[axis] == 0 else None)
+        names = axis if isinstance(axis, tuple) else (axis,)
+        size = math.prod(mesh.shape[name] for name in names if name is not None)
+        fitted.append(axis if axis is None or dim % size == 0 else None)
     while fitted and fitted[-1] is None:  # P(None, None) and P() mean the same: keep one form
         fitted.pop()
     return P(*fitted)
@@ -137,30 +145,107 @@ def batch_divisor(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def shard_batch(batch, mesh: Mesh):
-    """device_put every array of a host batch pytree with its leading axis over (data, fsdp)."""
+def put(tree, shardings):
+    """Global arrays from host values (numpy or local jax arrays) that every process holds alike:
+    each process fills only its own devices' shards (`jax.make_array_from_callback`), so this
+    works on one process and on many. `shardings`: one Sharding or a pytree matching `tree`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    if isinstance(shardings, jax.sharding.Sharding):
+        targets = [shardings] * len(leaves)
+    else:
+        targets = treedef.flatten_up_to(shardings)
+
+    def one(x, target):
+        if isinstance(x, jax.Array) and x.sharding == target:
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+    return treedef.unflatten([one(x, t) for x, t in zip(leaves, targets, strict=True)])
+
+
+def replicate(tree, mesh: Mesh):
+    """`put` every leaf fully replicated on the mesh (None leaves stay None)."""
+    return put(tree, replicated(mesh))
+
+
+def put_rows(tree, mesh: Mesh):
+    """`put` every array with its leading (row) axis split over (data, fsdp); scalars replicated."""
     divisor = batch_divisor(mesh)
 
-    def put(x):
-        x = np.asarray(x)
+    def target(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
         if x.ndim == 0:
-            return jax.device_put(x, replicated(mesh))
+            return replicated(mesh)
         if x.shape[0] % divisor:
             raise ValueError(f"batch axis {x.shape[0]} is not a multiple of data*fsdp={divisor}")
-        return jax.device_put(x, batch_sharding(mesh, x.ndim))
+        return batch_sharding(mesh, x.ndim)
 
-    return jax.tree.map(put, batch)
+    return put(tree, jax.tree.map(target, tree))
+
+
+def shard_batch(batch, mesh: Mesh):
+    """A host batch pytree on the mesh, leading axis over (data, fsdp) (= `put_rows`)."""
+    return put_rows(batch, mesh)
 
 
 def shard_params(params, mesh: Mesh):
     """Place a params (or optimizer-state-like) pytree on the mesh by the partition rules."""
-    return jax.device_put(params, param_shardings(params, mesh))
+    return put(params, param_shardings(params, mesh))
 
 
-def host_batch_slice(global_batch_size: int) -> slice:
-    """Rows of the global batch this host feeds (multi-host: contiguous equal shares)."""
-    count = jax.process_count()
-    if global_batch_size % count:
-        raise ValueError(f"global batch {global_batch_size} not divisible by {count} hosts")
-    share = global_batch_size // count
-    return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+def to_host(tree):
+    """numpy copies of a pytree of (possibly multi-process) arrays, whole on every process."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
+def _without_fsdp(spec: P) -> P:
+    """A spec with the fsdp axis removed (also from a tuple of axes)."""
+
+    def drop(axis):
+        if isinstance(axis, tuple):
+            kept = tuple(a for a in axis if a != "fsdp")
+            return kept if len(kept) > 1 else (kept[0] if kept else None)
+        return None if axis == "fsdp" else axis
+
+    return P(*(drop(axis) for axis in spec))
+
+
+def sampling_param_spec(name: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """The sampling layout of one parameter: its training rule with fsdp dropped (whole over fsdp,
+    still split over tensor), so decoding gathers nothing inside its loop."""
+    for pattern, spec in _RULES:
+        if re.search(pattern, name):
+            return _fit(_without_fsdp(spec), shape, mesh)
+    raise AssertionError("the catch-all rule always matches")
+
+
+def sampling_param_shardings(params, mesh: Mesh):
+    """A pytree of NamedSharding for `params` in the sampling layout."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(
+            mesh, sampling_param_spec(_path_name(path), tuple(x.shape), mesh)
+        ),
+        params,
+    )
+
+
+def constrain(x: jax.Array, mesh: Mesh | None, spec: P) -> jax.Array:
+    """`with_sharding_constraint` of x to `spec` on `mesh` (axes that do not divide their dimension
+    dropped); x unchanged when mesh is None (the single-device program)."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, _fit(spec, x.shape, mesh)))
+
+
+def rows_spec(ndim: int) -> P:
+    """Leading axis over the batch axes (data, fsdp), the rest whole."""
+    return P(BATCH_AXES, *([None] * (ndim - 1)))

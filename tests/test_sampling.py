@@ -260,7 +260,9 @@ def _truncated(probs, top_k, top_p):
 def test_truncated_sampling_frequencies_match_distribution(top_k, top_p):
     draws = 40_000
     logits = jnp.broadcast_to(jnp.log(jnp.asarray(TOY_PROBS, jnp.float32)), (draws, len(TOY_PROBS)))
-    tokens, logprobs = choose_tokens(logits, jax.random.PRNGKey(3), 1.0, top_k, top_p)
+    tokens, logprobs = choose_tokens(
+        logits, jax.random.split(jax.random.PRNGKey(3), draws), 1.0, top_k, top_p
+    )
     expected = _truncated(TOY_PROBS, top_k, top_p)
     counts = np.bincount(np.asarray(tokens), minlength=len(TOY_PROBS))
     assert np.all(counts[expected == 0] == 0), "a truncated token was sampled"
@@ -407,7 +409,9 @@ def test_on_policy_rollout_correction_is_one_at_the_loss_temperature_validation_
     rollouts sample at 0.6 (the bias the check prevents)."""
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(64, 97)) * 3, jnp.float32)
-    tokens, sampler_logprobs = choose_tokens(logits, jax.random.PRNGKey(1), temperature, 0, 0.95)
+    tokens, sampler_logprobs = choose_tokens(
+        logits, jax.random.split(jax.random.PRNGKey(1), 64), temperature, 0, 0.95
+    )
     mask = jnp.ones((64, 1), bool)
     config = LossConfig(temperature=logprob_temperature(temperature))
 
