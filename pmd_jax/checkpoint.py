@@ -24,6 +24,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -117,7 +118,9 @@ def save(
         "meta": ocp.args.JsonSave(_to_json(meta)),
     }
     if memory is not None:
-        args["memory"] = ocp.args.StandardSave(memory)
+        # Host (numpy) values: the memory is host state, equal on every process of a multi-host
+        # run, so process 0 writes it (a process-local device array is not a global array).
+        args["memory"] = ocp.args.StandardSave(jax.tree.map(np.asarray, memory))
     return mngr.save(
         step,
         args=ocp.args.Composite(**args),
@@ -136,9 +139,11 @@ def _restore_step(mngr: ocp.CheckpointManager, step: int, *, params, train, memo
         "meta": ocp.args.JsonRestore(),
     }
     if memory is not None:
-        args["memory"] = ocp.args.StandardRestore(_abstract(memory))
+        args["memory"] = ocp.args.StandardRestore(jax.tree.map(np.asarray, memory))
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
-    memory_out = restored["memory"] if memory is not None else None
+    memory_out = None
+    if memory is not None:  # back on this process's default device, as a fresh memory is
+        memory_out = jax.tree.map(jnp.asarray, restored["memory"])
     return restored["params"], restored["train"], memory_out, restored["meta"]
 
 

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from pmd_jax import sharding
 from pmd_jax.data.prompts import PromptConfig, format_prompts
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.sampling import (
@@ -94,8 +95,10 @@ def evaluate(
     *,
     jsonl_path: str | pathlib.Path | None = None,
     progress: bool = True,
+    mesh=None,
 ) -> dict[str, Any]:
-    """Sample k responses per problem (dicts with id, question, answer, ...), verify, summarise.
+    """Sample k responses per problem (dicts with id, question, answer, ...), verify, summarise
+    (sampling on `mesh` when given: `sampling.sample`).
 
     Every sampler call has the same shape (prompts padded to the longest of the whole set, the last
     batch filled with repeats that are dropped), so the sampler compiles once per evaluation.
@@ -127,9 +130,11 @@ def evaluate(
             rows = chunk + [chunk[0]] * (config.batch_size - len(chunk))
             tokens, mask = left_pad([prompt_ids[i] for i in rows], tokenizer.pad_id, length=width)
             rng, call_rng = jax.random.split(rng)
-            output = sample(params, model_config, tokens, mask, call_rng, sample_config, stop_table)
+            output = sample(
+                params, model_config, tokens, mask, call_rng, sample_config, stop_table, mesh
+            )
             responses = [tokenizer.decode(ids) for ids in response_token_lists(output)]
-            lengths = np.asarray(output.lengths)
+            lengths = sharding.to_host(output.lengths)
             for slot, index in enumerate(chunk):
                 problem = problems[index]
                 group = responses[slot * k : (slot + 1) * k]

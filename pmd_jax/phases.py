@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
+from pmd_jax import sharding
 from pmd_jax.data.prompts import PromptConfig, format_prompts, system_prompt
 from pmd_jax.embeddings import embed_texts, embed_tokens
 from pmd_jax.memory import ops
@@ -40,7 +42,7 @@ from pmd_jax.memory.teacher import (
     memory_views,
 )
 from pmd_jax.model.config import ModelConfig
-from pmd_jax.sampling import SampleConfig, left_pad, response_token_lists, sample
+from pmd_jax.sampling import SampleConfig, left_pad, sample
 from pmd_jax.train_step import RolloutBatch
 from pmd_jax.verify import VerifierConfig, verify_batch
 
@@ -83,25 +85,27 @@ def sample_rollouts(
     *,
     stop_table: np.ndarray | None = None,
     width: int | None = None,
+    mesh: Mesh | None = None,
 ) -> Rollouts:
     """Format the batch's questions as chat prompts (left-padded to `width`, default: bucketed
-    longest) and sample J responses each."""
+    longest) and sample J responses each (on `mesh` when given; every host gets every row)."""
     questions = [str(q) for q in batch["question"]]
     prompts = format_prompts(tokenizer, questions, prompt_config)
     prompt_tokens, prompt_mask = left_pad([p.ids for p in prompts], tokenizer.pad_id, width)
     output = sample(
-        params, model_config, prompt_tokens, prompt_mask, rng, sample_config, stop_table
+        params, model_config, prompt_tokens, prompt_mask, rng, sample_config, stop_table, mesh
     )
-    ids = response_token_lists(output)
+    tokens, logprobs, lengths = sharding.to_host((output.tokens, output.logprobs, output.lengths))
+    ids = [tokens[row, : lengths[row]].tolist() for row in range(tokens.shape[0])]
     return Rollouts(
         problem_ids=np.asarray(batch["id"], np.int32),
         questions=questions,
         answers=[str(a) for a in batch["answer"]],
         prompt_tokens=prompt_tokens,
         prompt_mask=prompt_mask,
-        tokens=np.asarray(output.tokens),
-        logprobs=np.asarray(output.logprobs, np.float32),
-        lengths=np.asarray(output.lengths, np.int32),
+        tokens=tokens,
+        logprobs=logprobs.astype(np.float32),
+        lengths=lengths.astype(np.int32),
         texts=[tokenizer.decode(row) for row in ids],
     )
 
@@ -123,11 +127,15 @@ def remember(
     tokenizer,
     rollouts: Rollouts,
     step: int,
+    mesh: Mesh | None = None,
 ) -> tuple[MemoryState, dict[str, float], np.ndarray]:
-    """Insert every rollout into its problem's experience (novelty-gated).
+    """Insert every rollout into its problem's experience (novelty-gated); the rollouts are
+    embedded on `mesh` when given.
 
     Returns (memory, stats, changed [B] bool: the problem's experience took a new item)."""
-    embeddings = embed_tokens(encoder_params, model_config, rollouts.tokens, rollouts.response_mask)
+    embeddings = embed_tokens(
+        encoder_params, model_config, rollouts.tokens, rollouts.response_mask, mesh
+    )
     feedback, feedback_lens = pad_ids(
         [tokenizer.encode(text or "", allow_special=False) for text in rollouts.feedback],
         memory_config.feedback_len,
@@ -164,8 +172,10 @@ def reflect_on_groups(
     embed_fn: EmbedFn,
     rng: jax.Array,
     step: int,
+    mesh: Mesh | None = None,
 ) -> tuple[MemoryState, dict[str, float], list[str]]:
-    """Reflect on the problems whose experience changed; insert the kept insights."""
+    """Reflect on the problems whose experience changed (sampling on `mesh` when given); insert
+    the kept insights."""
     chosen = np.flatnonzero(changed)
     if chosen.size == 0:
         return memory, {"reflect/requests": 0.0}, []
@@ -191,7 +201,7 @@ def reflect_on_groups(
         stored=stored,
         success_reward=memory_config.success_reward,
     )
-    result = reflect(reflector_params, model_config, tokenizer, requests, config, rng)
+    result = reflect(reflector_params, model_config, tokenizer, requests, config, rng, mesh=mesh)
     memory, insert_stats = insights_to_memory(
         memory,
         memory_config,
@@ -219,6 +229,7 @@ def maybe_evolve(
     rng: jax.Array,
     step: int,
     centroids: jax.Array | None,
+    mesh: Mesh | None = None,
 ) -> tuple[MemoryState, dict[str, float], jax.Array | None]:
     """Behaviour-bank evolution on its cadence (no-op on other steps). `centroids` [K, D] of the
     previous round seed k-means, which keeps cluster ids stable; the new ones are returned."""
@@ -238,6 +249,7 @@ def maybe_evolve(
         rng,
         embed_fn,
         centroids,
+        mesh=mesh,
     )
     stats = {key: float(value) for key, value in output.stats.items()}
     return output.state, stats, output.centroids
@@ -292,8 +304,10 @@ def teacher_prompts(
     )
 
 
-def make_embed_fn(encoder_params, model_config: ModelConfig, tokenizer, max_tokens: int) -> EmbedFn:
-    """Texts -> unit embeddings [N, D] with the fixed memory encoder."""
+def make_embed_fn(
+    encoder_params, model_config: ModelConfig, tokenizer, max_tokens: int, mesh: Mesh | None = None
+) -> EmbedFn:
+    """Texts -> unit embeddings [N, D] with the fixed memory encoder (on `mesh` when given)."""
 
     def embed(texts: list[str]) -> jax.Array:
         return embed_texts(
@@ -303,6 +317,7 @@ def make_embed_fn(encoder_params, model_config: ModelConfig, tokenizer, max_toke
             list(texts),
             batch_size=16,
             max_tokens=max_tokens,
+            mesh=mesh,
         )
 
     return embed

@@ -15,6 +15,16 @@ from pmd_jax.config import TrainConfig
 from pmd_jax.sampling import bucket_length
 
 
+class NullWriter:
+    """What processes other than 0 of a multi-host run write: nothing."""
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        del step, metrics
+
+    def close(self) -> None:
+        pass
+
+
 class MetricsWriter:
     """metrics.jsonl (+ TensorBoard). On resume, lines after the restored step are dropped."""
 

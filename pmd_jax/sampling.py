@@ -385,8 +385,7 @@ def left_pad(
 
 def response_token_lists(output: SampleOutput) -> list[list[int]]:
     """Generated ids per row, cut after the stop token (host-side)."""
-    tokens = np.asarray(output.tokens)
-    lengths = np.asarray(output.lengths)
+    tokens, lengths = sharding.to_host((output.tokens, output.lengths))
     return [tokens[row, : lengths[row]].tolist() for row in range(tokens.shape[0])]
 
 
@@ -438,6 +437,7 @@ def generate_texts(
     bucket: int = 64,
     max_prompt_tokens: int | None = None,
     min_width: int = 0,
+    mesh: Mesh | None = None,
 ) -> list[str]:
     """Decoded responses for prompt id lists (J = config.num_samples per prompt, prompt-major).
 
@@ -445,7 +445,7 @@ def generate_texts(
     every prompt padded to one bucketed width, at least `min_width`, so a call compiles once per
     (width, config): with `min_width` above the longest prompt a caller's every call has the same
     shape. Prompts longer than `max_prompt_tokens` raise: the caller decides how to shorten its
-    own text.
+    own text. mesh: see `sample`.
     """
     if not prompts:
         return []
@@ -459,7 +459,7 @@ def generate_texts(
         rows = chunk + [chunk[0]] * (batch_size - len(chunk))
         tokens, mask = left_pad(rows, tokenizer.pad_id, length=width)
         rng, call_rng = jax.random.split(rng)
-        output = sample(params, model_config, tokens, mask, call_rng, config)
+        output = sample(params, model_config, tokens, mask, call_rng, config, mesh=mesh)
         decoded = [tokenizer.decode(ids) for ids in response_token_lists(output)]
         texts.extend(decoded[: len(chunk) * config.num_samples])
     return texts

@@ -40,7 +40,13 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
-    distributed: bool = False  # call jax.distributed.initialize() (multi-host TPU slices)
+    # Multi-host (pmd_jax/multihost.py). distributed=True with the three below unset: JAX finds
+    # the cluster itself (TPU VMs, SLURM). Set them (or $PMD_COORDINATOR_ADDRESS,
+    # $PMD_NUM_PROCESSES, $PMD_PROCESS_ID, as `pmd_jax.launch` does) to name it.
+    distributed: bool = False
+    coordinator_address: str = ""  # host:port of process 0's coordinator
+    num_processes: int = 0  # 0: unset
+    process_id: int = -1  # -1: unset
 
     def shape(self, num_devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
@@ -60,12 +66,6 @@ class MeshConfig:
                 f"MeshConfig {tuple(sizes)} needs {math.prod(sizes)} devices, have {num_devices}"
             )
         return tuple(sizes)
-
-
-def initialize_distributed(config: MeshConfig) -> None:
-    """Join the multi-host runtime when configured (TPU VMs find their peers on their own)."""
-    if config.distributed:
-        jax.distributed.initialize()
 
 
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence | None = None) -> Mesh:

@@ -13,6 +13,12 @@ snapshot `memory/memory_step_<N>.json` per checkpoint and eval JSONL under `eval
 again on the same directory resumes from the newest complete checkpoint: params, optimizer,
 teacher, memory, data position and step; the RNG of a step is derived from (seed, step), so a
 resumed run continues exactly as the uninterrupted one would.
+
+Multi-host (pmd_jax/multihost.py): the same command on every host (or `python -m pmd_jax.launch`
+locally). Every process runs every phase on the same global batch; process 0 prepares datasets
+and caches first, and alone writes config.json, metrics, TensorBoard, memory snapshots, the
+report and the progress bar; all processes take part in checkpoints. Each step the rollouts and
+the memory are compared across processes (`multihost.check_consistent`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from pmd_jax import checkpoint, phases, sharding
+from pmd_jax import checkpoint, multihost, phases, sharding
 from pmd_jax.config import (
     RolloutConfig,
     TrainConfig,
@@ -55,7 +61,13 @@ from pmd_jax.memory.teacher import teacher_stats
 from pmd_jax.model import registry
 from pmd_jax.model.scratch import scratch_model
 from pmd_jax.optimizer import make_optimizer
-from pmd_jax.run_log import MetricsWriter, expected_cost, summary, write_memory_report
+from pmd_jax.run_log import (
+    MetricsWriter,
+    NullWriter,
+    expected_cost,
+    summary,
+    write_memory_report,
+)
 from pmd_jax.sampling import SampleConfig, answer_line_stop_table, bucket_length
 from pmd_jax.train_step import RolloutBatch, StepConfig, init_train_state, make_train_step
 from pmd_jax.validate import validate_lengths, validate_run
@@ -68,15 +80,17 @@ NAN_GRAD_ENV = "PMD_NAN_GRAD_AT_STEP"
 
 
 def _crash_drill(point: str, step: int, manager=None) -> None:
-    """SIGKILL this process when $PMD_CRASH_AT is `point:step`. mid_step: after sampling, before
-    the update; after_checkpoint: once step's save is on disk; during_save: right after the async
-    save started."""
+    """SIGKILL this process when $PMD_CRASH_AT is `point:step` (or `point:step:process`, only in
+    that process of a multi-host run). mid_step: after sampling, before the update;
+    after_checkpoint: once step's save is on disk; during_save: right after the async save
+    started."""
     wanted = os.environ.get(CRASH_AT_ENV, "")
     if wanted and wanted.split(":")[0] not in CRASH_POINTS:
         raise ValueError(
-            f"{CRASH_AT_ENV}={wanted!r}: expected <point>:<step>, point in {CRASH_POINTS}"
+            f"{CRASH_AT_ENV}={wanted!r}: expected <point>:<step>[:<process>], point in "
+            f"{CRASH_POINTS}"
         )
-    if wanted != f"{point}:{step}":
+    if wanted not in (f"{point}:{step}", f"{point}:{step}:{jax.process_index()}"):
         return
     if point == "after_checkpoint":
         manager.wait_until_finished()
@@ -121,13 +135,18 @@ def _records(dataset) -> list[dict]:
 
 def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     """Build everything; returns (run, params, memory) before any resume."""
-    sharding.initialize_distributed(config.mesh)
+    multihost.initialize(config.mesh)
     validate_run(config, jax.device_count())  # every config problem, before any compute
     mesh = sharding.make_mesh(config.mesh)
-    problems = _records(pipeline.load_split(config.data, "train"))
+    # Process 0 prepares the TFDS directories (and trains a scratch tokenizer) first.
+    problems = multihost.primary_first(
+        "train split", lambda: _records(pipeline.load_split(config.data, "train"))
+    )
     eval_data = dataclasses.replace(config.data, subset=config.eval.num_problems)
-    eval_problems = _records(pipeline.load_split(eval_data, config.eval.split))
-    loaded = _load_model(config, problems, workdir)
+    eval_problems = multihost.primary_first(
+        "eval split", lambda: _records(pipeline.load_split(eval_data, config.eval.split))
+    )
+    loaded = multihost.primary_first("model", lambda: _load_model(config, problems, workdir))
     questions = [p["question"] for p in problems]
     longest_prompt = max(
         len(p.ids) for p in format_prompts(loaded.tokenizer, questions, config.prompt)
@@ -135,13 +154,14 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     validate_lengths(config, longest_prompt, loaded.config.max_position_embeddings)
     prompt_width = bucket_length(longest_prompt, config.rollout.prompt_bucket)
     teacher_width = bucket_length(config.teacher.max_prompt_tokens, config.teacher.bucket)
-    print(
-        expected_cost(config, loaded.params, prompt_width, teacher_width, len(problems)), flush=True
-    )
+    if multihost.is_primary():
+        cost = expected_cost(config, loaded.params, prompt_width, teacher_width, len(problems))
+        print(cost, flush=True)
     if config.model.warm_start_steps > 0:
         from pmd_jax.warm_start import warm_start
 
-        params = warm_start(loaded, problems, config)
+        # Cached: process 0 trains and writes the cache, the others read it.
+        params = multihost.primary_first("warm start", lambda: warm_start(loaded, problems, config))
     else:
         params = loaded.params
     model_config, tokenizer = loaded.config, loaded.tokenizer
@@ -151,9 +171,10 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         embed_dim=model_config.hidden_size,
         pad_id=tokenizer.pad_id,
     )
-    encoder_params = jax.tree.map(jnp.copy, params)  # the update donates the policy's buffers
+    # Its own buffers (the update donates the policy's), on the mesh in the training layout.
+    encoder_params = sharding.shard_params(params, mesh)
     embed_fn = phases.make_embed_fn(
-        encoder_params, model_config, tokenizer, memory_config.response_len
+        encoder_params, model_config, tokenizer, memory_config.response_len, mesh
     )
     question_embeddings = embed_fn([p["question"] for p in problems])
     rollout = config.rollout
@@ -215,14 +236,16 @@ def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
         seed=run.config.seed + step,
         stop_at_answer=run.config.rollout.stop_at_answer,
     )
+    primary = multihost.is_primary()
     summary = evaluate(
         params,
         run.model_config,
         run.tokenizer,
         run.eval_problems,
         eval_config,
-        jsonl_path=run.workdir / "eval" / f"step_{step}.jsonl",
+        jsonl_path=run.workdir / "eval" / f"step_{step}.jsonl" if primary else None,
         progress=False,
+        mesh=run.mesh,
     )
     metrics = {
         "eval/avg_at_k": summary["avg_at_k"],
@@ -236,8 +259,9 @@ def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
             run.tokenizer,
             _with_behaviours(run, memory),
             eval_config,
-            jsonl_path=run.workdir / "eval" / f"step_{step}_memory.jsonl",
+            jsonl_path=run.workdir / "eval" / f"step_{step}_memory.jsonl" if primary else None,
             progress=False,
+            mesh=run.mesh,
         )
         metrics["eval/memory_avg_at_k"] = with_memory["avg_at_k"]
         metrics["eval/memory_pass_at_k"] = with_memory["pass_at_k"]
@@ -293,7 +317,7 @@ def _save(run: Run, manager, step: int, state, memory, iterator, centroids, metr
         meta=meta,
         metrics=eval_metrics,
     )
-    if memory is not None:
+    if memory is not None and multihost.is_primary():
         snapshot = memory_to_json(
             memory,
             run.memory_config,
@@ -314,7 +338,7 @@ def _restore(run: Run, manager, state, memory, iterator):
     window = np.full(state.recent_losses.shape, np.nan, np.float32)
     losses = meta.get("recent_losses", [])[: window.size]
     window[: len(losses)] = losses
-    state = state.replace(recent_losses=jax.device_put(window, state.recent_losses.sharding))
+    state = state.replace(recent_losses=sharding.put(window, state.recent_losses.sharding))
     pipeline.set_state(iterator, meta["data"])
     centroids = meta.get("centroids")
     centroids = None if centroids is None else jnp.asarray(centroids, jnp.float32)
@@ -347,6 +371,7 @@ def _remember(run: Run, step: int, memory, rollouts):
         run.tokenizer,
         rollouts,
         step,
+        run.mesh,
     )
     return memory, stats, changed, {"time/memory_remember": time.perf_counter() - start}
 
@@ -373,6 +398,7 @@ def _reflect_and_evolve(
             run.embed_fn,
             reflect_rng,
             step,
+            run.mesh,
         )
         metrics.update(stats)
         times["time/memory_reflect"] = time.perf_counter() - start
@@ -392,6 +418,7 @@ def _reflect_and_evolve(
             evolve_rng,
             step,
             centroids,
+            run.mesh,
         )
         metrics.update(stats)
         times["time/memory_evolve"] = time.perf_counter() - start
@@ -438,6 +465,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
         sample_rng,
         stop_table=run.stop_table,
         width=run.prompt_width,
+        mesh=run.mesh,
     )
     times["time/sample"] = time.perf_counter() - start
     _crash_drill("mid_step", step)
@@ -461,6 +489,14 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
             times.update(part_times)
         metrics.update(_memory_metrics(memory, run.memory_config))
     times["time/memory"] = time.perf_counter() - start
+    # Multi-host: every process must hold the same rollouts and memory (no-op on one process).
+    multihost.check_consistent(
+        step,
+        {
+            "rollouts": {"tokens": rollouts.tokens, "rewards": rollouts.rewards},
+            "memory": memory,
+        },
+    )
 
     start = time.perf_counter()
     teacher = _teacher_batch(run, rollouts, memory)
@@ -492,19 +528,24 @@ def train(
     """Run (or resume) `config` in `workdir`; returns the last step's metrics. `on_step(step,
     metrics)` runs after each step's metrics are written (benchmarks/soak.py samples there)."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    multihost.initialize(config.mesh)
+    primary = multihost.is_primary()
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    multihost.barrier("workdir")
     run, params, memory = setup(config, workdir)
     state = init_train_state(
         params, run.optimizer, config.algorithm, run.step_config.loss_spike_window
     )
-    state = jax.device_put(state, sharding.param_shardings(state, run.mesh))
+    # Every process holds the same values: each fills its own devices' shards.
+    state = sharding.put(state, sharding.param_shardings(state, run.mesh))
     iterator = pipeline.make_iterator(config.data, "train")
     manager = checkpoint.manager(workdir / "checkpoints", config.checkpoint)
     start_step, centroids = 0, None
     if manager.latest_step() is not None:
         state, memory, start_step, centroids = _restore(run, manager, state, memory, iterator)
-    writer = MetricsWriter(workdir, start_step, config.tensorboard)
+    writer = MetricsWriter(workdir, start_step, config.tensorboard) if primary else NullWriter()
     compiled = None
     crash_after = int(os.environ.get(CRASH_ENV, "0"))
     bar = tqdm(
@@ -512,7 +553,7 @@ def train(
         initial=start_step,
         desc=config.name,
         unit="step",
-        disable=not config.progress,
+        disable=not (config.progress and primary),
         file=sys.stdout,
     )
     metrics: dict[str, float] = {}
@@ -550,9 +591,10 @@ def train(
         manager.wait_until_finished()
         manager.close()
         writer.close()
-    if memory is not None:
-        write_memory_report(workdir)
-    print(summary(workdir, config), flush=True)
+    if primary:
+        if memory is not None:
+            write_memory_report(workdir)
+        print(summary(workdir, config), flush=True)
     return metrics
 
 

@@ -414,10 +414,13 @@ def evolve_behaviours(
     rng: jax.Array,
     embed_fn: EmbedFn,
     init_centroids: jax.Array | None = None,
+    *,
+    mesh=None,
 ) -> EvolveOutput:
     """One round of behaviour evolution (module doc). questions: all P training problems (index =
     problem id); question_embeddings: [P, D]; touched_problem_ids: [B] (scope "batch"); embed_fn:
-    texts -> [N, D]. `state` is donated when actions are applied: use the returned one."""
+    texts -> [N, D]; mesh: where the evolver samples (`sampling.sample`). `state` is donated when
+    actions are applied: use the returned one."""
     embeddings = jnp.asarray(question_embeddings, jnp.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(questions):
         raise ValueError(
@@ -469,6 +472,7 @@ def evolve_behaviours(
         sample_rng,
         batch_size=config.batch_size,
         min_width=config.prompt_width,
+        mesh=mesh,
     )
     pending = []
     for record, generated in zip(records, outputs, strict=True):

@@ -212,8 +212,11 @@ def reflect(
     requests: Sequence[ReflectionRequest],
     config: ReflectConfig,
     rng: jax.Array,
+    *,
+    mesh=None,
 ) -> ReflectionResult:
-    """Sample one reflection per request with `params` (the reflector), parse and filter.
+    """Sample one reflection per request with `params` (the reflector), parse and filter
+    (on `mesh` when given: `sampling.sample`).
 
     stats: "reflect/requests", "reflect/parsed", "reflect/parse_failures" (parsed + failures =
     requests), "reflect/items" (kept), "reflect/duplicates", "shortcut/<reason>" (dropped),
@@ -229,6 +232,7 @@ def reflect(
         batch_size=config.batch_size,
         bucket=config.prompt_bucket,
         min_width=config.prompt_width,
+        mesh=mesh,
     )
     stats = {"reflect/requests": 0, "reflect/parsed": 0, "reflect/parse_failures": 0}
     width = config.prompt_width
