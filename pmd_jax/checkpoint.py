@@ -234,8 +234,10 @@ def restore_params(ckpt_dir: str | pathlib.Path, step: int | None = None, target
     checkpointer = ocp.StandardCheckpointer()
     item = run_dir / str(step) / "params"
     try:
-        if target is None:
-            return checkpointer.restore(item)
+        if target is None:  # host numpy, whatever mesh saved it (a pod's checkpoint on a laptop)
+            metadata = checkpointer.metadata(item).item_metadata.tree
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+            return ocp.PyTreeCheckpointer().restore(item, restore_args=as_numpy)
         return checkpointer.restore(item, _abstract(target))
     except Exception as err:  # a damaged step: say which one
         raise CheckpointError(

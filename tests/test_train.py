@@ -157,20 +157,30 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
 
-def assert_same_run(workdir, reference, last_step: int) -> None:
+def assert_same_run(workdir, reference, last_step: int, tolerance: float = 0.0) -> None:
     """Two runs of one config ended identically: every metric but time/*, the final params
-    bitwise, and the memory snapshot of `last_step` (shared with test_failure_modes.py)."""
-    assert _comparable(_metrics(workdir)) == _comparable(_metrics(reference))
+    bitwise, and the memory snapshot of `last_step` (shared with test_failure_modes.py and
+    test_multihost_train.py). tolerance > 0: metrics and params within tolerance, relative and
+    absolute (a run whose reductions are summed in another order); the memory still exactly."""
+    ours, theirs = _comparable(_metrics(workdir)), _comparable(_metrics(reference))
+    if tolerance == 0.0:
+        assert ours == theirs
+    else:
+        assert [sorted(r) for r in ours] == [sorted(r) for r in theirs]
+        for a, b in zip(ours, theirs, strict=True):
+            for key in a:
+                assert np.isclose(a[key], b[key], rtol=tolerance, atol=tolerance), (key, a, b)
     for a, b in zip(
         _leaves(checkpoint.restore_params(workdir / "checkpoints")),
         _leaves(checkpoint.restore_params(reference / "checkpoints")),
         strict=True,
     ):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=0, atol=tolerance)
     name = f"memory_step_{last_step}.json"
-    assert json.loads((workdir / "memory" / name).read_text()) == json.loads(
-        (reference / "memory" / name).read_text()
-    )
+    if (reference / "memory" / name).exists() or (workdir / "memory" / name).exists():
+        assert json.loads((workdir / "memory" / name).read_text()) == json.loads(
+            (reference / "memory" / name).read_text()
+        )
 
 
 def test_resume_after_a_kill_equals_the_uninterrupted_run(train_env, tmp_path):
