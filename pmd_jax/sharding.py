@@ -238,6 +238,21 @@ def sampling_param_shardings(params, mesh: Mesh):
     )
 
 
+def bytes_per_device(params, mesh, spec_fn=param_spec) -> int:
+    """Bytes one device holds of `params` (arrays or ShapeDtypeStructs) laid out by `spec_fn`
+    (`param_spec`: training, `sampling_param_spec`: sampling) on `mesh` (anything with a
+    `.shape` dict of axis sizes; no devices needed). Replicated dimensions count whole."""
+    total = 0
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        spec = spec_fn(_path_name(path), tuple(x.shape), mesh)
+        split = 1
+        for axis in spec:
+            names = axis if isinstance(axis, tuple) else (axis,)
+            split *= math.prod(mesh.shape[name] for name in names if name is not None)
+        total += math.prod(x.shape) * np.dtype(x.dtype).itemsize // split
+    return total
+
+
 def constrain(x: jax.Array, mesh: Mesh | None, spec: P) -> jax.Array:
     """`with_sharding_constraint` of x to `spec` on `mesh` (axes that do not divide their dimension
     dropped); x unchanged when mesh is None (the single-device program)."""

@@ -94,3 +94,33 @@ def test_weight_decay_applies_to_matrices_only():
     assert mask["embed"]["embedding"] and mask["lm_head"]["kernel"]
     assert mask["layers"]["q_proj"]["kernel"]
     assert not mask["final_norm"]["scale"] and not mask["layers"]["attn_norm"]["scale"]
+
+
+def test_sampling_layout_drops_fsdp_and_bytes_per_device_count_the_splits():
+    config = ModelConfig(
+        architecture="llama",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        tie_embeddings=False,
+    )
+    params = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    mesh = _FakeMesh()  # data 2, fsdp 2, tensor 2
+    assert sharding.sampling_param_spec("layers/q_proj/kernel", (2, 32, 32), mesh) == P(
+        None, None, "tensor"
+    )
+    assert sharding.sampling_param_spec("embed/embedding", (64, 32), mesh) == P("tensor")
+    total = sum(x.size * 4 for x in jax.tree.leaves(params))
+    norms = sum(
+        x.size * 4
+        for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        if "norm" in sharding._path_name(path)
+    )
+    # Every matrix divides by fsdp x tensor = 4 in training and by tensor = 2 in sampling.
+    assert sharding.bytes_per_device(params, mesh) == norms + (total - norms) // 4
+    sampled = sharding.bytes_per_device(params, mesh, sharding.sampling_param_spec)
+    assert sampled == norms + (total - norms) // 2
