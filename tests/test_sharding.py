@@ -23,6 +23,19 @@ def test_mesh_config_fills_one_axis_and_names_bad_shapes():
         sharding.MeshConfig(3, -1, 1).shape(8)
 
 
+_CONFIG = ModelConfig(
+    architecture="llama",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    tie_embeddings=False,
+)
+
+
 class _FakeMesh:
     """Only `.shape` is read by the rules."""
 
@@ -49,16 +62,7 @@ def test_partition_rules_by_parameter_path():
 
 
 def test_partition_report_lists_replicated_dimensions():
-    config = ModelConfig(
-        architecture="llama",
-        vocab_size=63,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-    )
+    config = _CONFIG.replace(vocab_size=63)
     params = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
     notes = sharding.partition_report(params, _FakeMesh())
     assert notes == [
@@ -97,18 +101,7 @@ def test_weight_decay_applies_to_matrices_only():
 
 
 def test_sampling_layout_drops_fsdp_and_bytes_per_device_count_the_splits():
-    config = ModelConfig(
-        architecture="llama",
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        tie_embeddings=False,
-    )
-    params = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    params = jax.eval_shape(lambda: init_params(_CONFIG, jax.random.PRNGKey(0)))
     mesh = _FakeMesh()  # data 2, fsdp 2, tensor 2
     assert sharding.sampling_param_spec("layers/q_proj/kernel", (2, 32, 32), mesh) == P(
         None, None, "tensor"
