@@ -14,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+from test_sampling import _tiny  # the sampling tests' small models (this script runs from tests/)
 
 from pmd_jax import sharding
 from pmd_jax.model.config import ModelConfig
@@ -25,18 +26,7 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 
 
 def model(architecture: str) -> tuple[ModelConfig, dict]:
-    config = ModelConfig(
-        architecture=architecture,
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        qk_norm=architecture == "qwen3",
-        tie_embeddings=architecture == "llama",
-    )
+    config = _tiny(architecture, vocab_size=256, tie_embeddings=architecture == "llama")
     params = init_params(config, jax.random.PRNGKey(0))
     # Norm scales off 1 as well, so every weight matters.
     noise = jax.random.PRNGKey(1)
