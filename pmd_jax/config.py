@@ -41,7 +41,7 @@ class ModelSpec:
     name: str = "smollm2-135m-instruct"
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; "bfloat16" keeps float32 master weights
-    remat: bool = False
+    remat: str = "none"  # what each layer recomputes in the backward pass: none | dots | full
     attention_impl: str = "xla"  # training/prefill attention: naive | xla | cudnn (GPU) | splash (TPU)
     # scratch only
     vocab_size: int = 512
@@ -54,6 +54,12 @@ class ModelSpec:
     warm_start_steps: int = 0  # supervised steps on task solutions + format demonstrations
     warm_start_lr: float = 3e-3
     warm_start_batch: int = 16
+
+    def __post_init__(self):
+        from pmd_jax.model.transformer import REMAT_POLICIES
+
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r}; expected one of {REMAT_POLICIES}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,12 +12,22 @@ import jax
 import optax
 
 SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adamw", "adafactor")
+MOMENT_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW hyperparameters (METHOD section 8: lr 1e-5, warmup 10, grad clip 1.0)."""
+    """AdamW hyperparameters (METHOD section 8: lr 1e-5, warmup 10, grad clip 1.0).
 
+    Memory: AdamW keeps two moments per parameter in `moment_dtype` (float32 by default, also
+    for bfloat16 parameters: 8 bytes per parameter; "bfloat16" halves that at the cost of
+    moment precision). `name="adafactor"` keeps factored second moments instead (row and column
+    statistics of each matrix, no first moment): the optimizer state all but disappears, for
+    chips whose HBM the weights and the teacher already fill (docs/PLANS.md)."""
+
+    name: str = "adamw"  # adamw | adafactor
+    moment_dtype: str = "float32"  # AdamW moments and update arithmetic: float32 | bfloat16
     learning_rate: float = 1e-5
     warmup_steps: int = 10  # linear from 0 to learning_rate
     schedule: str = "constant"  # after warmup: "constant" or "cosine" (to final_lr_fraction)
@@ -33,6 +43,16 @@ class OptimizerConfig:
     loss_spike_window: int = 8  # W; the guard waits until W finite losses were seen
 
     def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"OptimizerConfig.name={self.name!r}; expected {OPTIMIZERS}")
+        if self.moment_dtype not in MOMENT_DTYPES:
+            raise ValueError(
+                f"OptimizerConfig.moment_dtype={self.moment_dtype!r}; expected {MOMENT_DTYPES}"
+            )
+        if self.name == "adafactor" and self.moment_dtype != "float32":
+            raise ValueError(
+                "OptimizerConfig.moment_dtype applies to adamw; adafactor keeps float32 factors"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}; expected {SCHEDULES}")
         if self.learning_rate < 0 or self.warmup_steps < 0 or self.micro_batches < 1:
@@ -64,18 +84,53 @@ def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.S
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
     """clip_by_global_norm -> AdamW(schedule); weight decay skips 1-D leaves (norm scales).
 
-    `update` accepts `grad_norm=` (the global norm of the gradients, when the caller has it)."""
-    adamw = optax.adamw(
-        learning_rate_schedule(config, total_steps),
-        b1=config.b1,
-        b2=config.b2,
-        eps=config.eps,
-        weight_decay=config.weight_decay,
-        mask=decay_mask,
-    )
+    `update` accepts `grad_norm=` (the global norm of the gradients, when the caller has it).
+    With name="adafactor": clip -> Adafactor (factored second moments, no momentum, the same
+    schedule and AdamW's decoupled weight decay); b1/b2/eps are AdamW's and not used there."""
+    schedule = learning_rate_schedule(config, total_steps)
+    if config.name == "adafactor":
+        # Decoupled weight decay scaled by the learning rate, as in AdamW.
+        rule = in_dtype(
+            optax.chain(
+                optax.scale_by_factored_rms(),
+                optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                optax.scale_by_learning_rate(schedule),
+            ),
+            "float32",
+        )
+    else:
+        rule = in_dtype(
+            optax.adamw(
+                schedule,
+                b1=config.b1,
+                b2=config.b2,
+                eps=config.eps,
+                weight_decay=config.weight_decay,
+                mask=decay_mask,
+            ),
+            config.moment_dtype,
+        )
     if config.grad_clip > 0:
-        return optax.chain(clip_by_global_norm(config.grad_clip), adamw)
-    return adamw
+        return optax.chain(clip_by_global_norm(config.grad_clip), rule)
+    return rule
+
+
+def in_dtype(inner: optax.GradientTransformation, dtype: str) -> optax.GradientTransformation:
+    """`inner` run on float32 (or bfloat16) copies of gradients and parameters, so its state is
+    in that dtype whatever the parameters' (bfloat16 parameters get float32 Adam moments). The
+    updates come back in that dtype; `optax.apply_updates` casts them to each parameter's."""
+    dtype = jax.numpy.dtype(dtype)
+
+    def cast(tree):
+        return None if tree is None else jax.tree.map(lambda x: x.astype(dtype), tree)
+
+    def init_fn(params):
+        return inner.init(cast(params))
+
+    def update_fn(updates, state, params=None):
+        return inner.update(cast(updates), state, cast(params))
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:

@@ -30,7 +30,7 @@ from pmd_jax.losses import (
     token_logprobs,
 )
 from pmd_jax.model.config import ModelConfig
-from pmd_jax.model.transformer import Transformer, positions_from_mask
+from pmd_jax.model.transformer import REMAT_POLICIES, Transformer, positions_from_mask
 from pmd_jax.sampling import lm_head_matrix
 from pmd_jax.teacher_params import ema_leaf
 
@@ -47,7 +47,7 @@ class StepConfig:
     micro_batches: int = 1  # gradient accumulation; each part holds whole groups
     teacher_tau: float = 0.05  # EMA rate; 0 keeps the base teacher
     loss_chunk: int = 128  # time chunk of the distillation logits
-    remat: bool = False  # rematerialise each layer in the backward pass
+    remat: str = "none"  # per-layer rematerialisation in the backward pass: REMAT_POLICIES
     loss_spike_factor: float = 0.0  # skip when |loss| > factor x mean |recent loss|; 0 = off
     loss_spike_window: int = 8  # recent finite losses the spike guard averages
     nan_grad_at_step: int = 0  # failure drills: this optimizer step's gradients are NaN; 0 = never
@@ -55,6 +55,8 @@ class StepConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"StepConfig.algorithm={self.algorithm!r}; expected {ALGORITHMS}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"StepConfig.remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         if not 0.0 <= self.teacher_tau <= 1.0:
             raise ValueError(f"StepConfig.teacher_tau={self.teacher_tau} must be in [0, 1]")
         if self.loss_spike_factor < 0 or self.loss_spike_window < 1:
@@ -112,7 +114,7 @@ def response_hidden(
     prompt_mask,
     response_tokens,
     response_mask,
-    remat: bool = False,
+    remat: str = "none",
 ) -> jax.Array:
     """Final hidden states [N, G, D] at the positions that predict each response token."""
     tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
@@ -191,6 +193,10 @@ def _split_micro(batch: RolloutBatch, parts: int, group_size: int) -> RolloutBat
     return jax.tree.map(lambda x: x.reshape(parts, rows // parts, *x.shape[1:]), batch)
 
 
+def _accumulator_dtype(dtype) -> jnp.dtype:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def accumulated_grads(
     params, teacher_params, batch: RolloutBatch, model_config: ModelConfig, config: StepConfig
 ):
@@ -198,6 +204,8 @@ def accumulated_grads(
 
     Each micro-batch loss is a token mean over its own tokens, so its gradient is weighted by
     its share of the batch's tokens: the sum equals the gradient of the full-batch token mean.
+    The sum is kept in float32 (or wider) whatever the parameter dtype, so bfloat16 parameters
+    accumulate without rounding each part; the optimizer receives those float32 gradients.
     Metrics combine the same way, except COUNT_METRICS (summed) and ROW_MEAN_METRICS (a plain
     mean over the equal-sized micro-batches), so every metric equals the one-batch value.
     """
@@ -213,7 +221,7 @@ def accumulated_grads(
         loss_sum, metric_sum, grad_sum = carry
         (loss, metrics), grads = grad_fn(params, teacher_params, part, model_config, config)
         weight = loss_token_count(part, config.algorithm) / total
-        grad_sum = jax.tree.map(lambda g, x: g + weight * x, grad_sum, grads)
+        grad_sum = jax.tree.map(lambda g, x: g + weight * x.astype(g.dtype), grad_sum, grads)
         metric_weights = {
             key: 1.0 if key in COUNT_METRICS else row_weight if key in ROW_MEAN_METRICS else weight
             for key in metrics
@@ -228,7 +236,7 @@ def accumulated_grads(
     zeros = (
         jnp.zeros((), jnp.float32),
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
-        jax.tree.map(jnp.zeros_like, params),
+        jax.tree.map(lambda p: jnp.zeros(p.shape, _accumulator_dtype(p.dtype)), params),
     )
     (loss, metrics, grads), _ = lax.scan(body, zeros, micro)
     return loss, metrics, grads

@@ -5,6 +5,9 @@ import pathlib
 
 import pytest
 
+# Tests run on the CPU; with libtpu installed (the test extra) jax would otherwise try to open a
+# TPU first, print its init errors and start ~2 s slower. TPU compiles name their topology.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -262,3 +262,127 @@ def test_accumulated_metrics_equal_the_one_batch_metrics(algorithm):
         assert results[4]["distill/signal_fraction"] == float(np.mean(sample_mask))
         expected_tokens = np.sum(np.asarray(batch.response_mask) & sample_mask[:, None])
         assert results[4]["distill/token_count"] == expected_tokens
+
+
+@pytest.mark.parametrize("policy", ["dots", "full"])
+def test_remat_policies_give_the_gradients_of_no_remat(policy):
+    """Rematerialisation changes what the backward pass stores, never what it computes (up to
+    float32 reassociation: the recomputed forward may fuse differently)."""
+    params = init_params(MODEL, jax.random.PRNGKey(0))
+    teacher = jax.tree.map(lambda x: x * 1.1, params)
+    batch = jax.tree.map(jnp.asarray, random_batch(4))
+    grads = {}
+    for remat in ("none", policy):
+        config = StepConfig(algorithm="pmd", loss=LossConfig(top_k=5), group_size=4, remat=remat)
+        _, _, grads[remat] = accumulated_grads(params, teacher, batch, MODEL, config)
+    for path, reference in jax.tree_util.tree_leaves_with_path(grads["none"]):
+        other = _leaf(grads[policy], path)
+        scale = float(np.max(np.abs(reference)))
+        np.testing.assert_allclose(
+            other, reference, rtol=1e-4, atol=1e-5 * scale, err_msg=str(path)
+        )
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
+
+
+def _two_steps(param_dtype: str, dtype: str, micro_batches: int):
+    """Two PMD updates from the same float32 init; params cast to `param_dtype`."""
+    model = MODEL.replace(param_dtype=param_dtype, dtype=dtype)
+    params = jax.tree.map(
+        lambda x: x.astype(param_dtype), init_params(MODEL, jax.random.PRNGKey(0))
+    )
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=0), 10)
+    config = StepConfig(
+        algorithm="pmd", loss=LossConfig(top_k=5), group_size=4, micro_batches=micro_batches
+    )
+    state = init_train_state(params, optimizer, "pmd")
+    params = jax.tree.map(np.asarray, params)  # the step donates the state's buffers
+    batches = [random_batch(seed) for seed in (5, 6)]
+    mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), jax.devices()[:1])
+    step = make_train_step(model, config, optimizer, mesh, state, batches[0])
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["train/loss"]))
+    return params, state, losses
+
+
+@pytest.mark.parametrize(
+    "param_dtype, dtype", [("bfloat16", "bfloat16"), ("float32", "bfloat16")], ids=["bf16", "mixed"]
+)
+def test_bf16_with_micro_batches_tracks_float32(param_dtype, dtype):
+    """bfloat16 parameters (float32 Adam moments) or float32 masters with bfloat16 compute, with
+    gradient accumulation over 2 micro-batches: 2 steps agree with float32 on one batch.
+    Tolerances: the losses within 2% (bfloat16 logits carry ~3 significant digits), and each
+    weight matrix's update within 0.9 cosine of float32's (Adam's first steps are nearly
+    lr x sign(grad): only entries whose gradient is near zero may flip). Norm scales are left
+    out: at 1.0 a bfloat16 step is 2^-7, so a 1e-3 update rounds away there (float32 masters
+    keep it: that is what param_dtype=float32 with dtype=bfloat16 is for)."""
+    init, state, losses = _two_steps(param_dtype, dtype, micro_batches=2)
+    _, reference, reference_losses = _two_steps("float32", "float32", micro_batches=1)
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(param_dtype)}
+    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+    assert {x.dtype for x in jax.tree.leaves((adam.mu, adam.nu))} == {jnp.dtype("float32")}
+    np.testing.assert_allclose(losses, reference_losses, rtol=2e-2)
+    start = jax.tree_util.tree_leaves_with_path(init)
+    for (path, first), new, ref in zip(
+        start, jax.tree.leaves(state.params), jax.tree.leaves(reference.params), strict=True
+    ):
+        if not jax.tree_util.keystr(path).endswith(("['kernel']", "['embedding']")):
+            continue
+        update = (np.asarray(new, np.float32) - np.asarray(first, np.float32)).ravel()
+        ref_update = (np.asarray(ref) - np.asarray(first, np.float32)).ravel()
+        cosine = update @ ref_update / (np.linalg.norm(update) * np.linalg.norm(ref_update))
+        assert cosine > 0.9, (jax.tree_util.keystr(path), cosine)
+
+
+def _state_bytes(config: OptimizerConfig, params) -> int:
+    """Bytes of the optimizer state's arrays (scalar step counters left out)."""
+    state = jax.eval_shape(make_optimizer(config, 10).init, params)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if x.ndim)
+
+
+def test_optimizer_state_sizes_of_the_memory_options():
+    """AdamW: two float32 moments (8 bytes/param, bfloat16 params too); bfloat16 moments: 4;
+    Adafactor: row + column factors of each matrix (shapes >= 128 factor)."""
+    model = MODEL.replace(hidden_size=256, intermediate_size=512, head_dim=64, vocab_size=1024)
+    params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0)))
+    count = sum(x.size for x in jax.tree.leaves(params))
+    bf16_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), params)
+    assert _state_bytes(OptimizerConfig(), params) == 8 * count
+    assert _state_bytes(OptimizerConfig(), bf16_params) == 8 * count
+    assert _state_bytes(OptimizerConfig(moment_dtype="bfloat16"), params) == 4 * count
+    assert _state_bytes(OptimizerConfig(name="adafactor"), params) < 0.05 * 4 * count
+
+
+def test_adafactor_equals_optax_adafactor_without_weight_decay():
+    params = init_params(
+        MODEL.replace(hidden_size=128, intermediate_size=256), jax.random.PRNGKey(1)
+    )
+    grads = jax.tree.map(lambda x: jnp.cos(x * 7.0), params)
+    ours = make_optimizer(
+        OptimizerConfig(
+            name="adafactor", learning_rate=1e-2, warmup_steps=0, weight_decay=0.0, grad_clip=0.0
+        ),
+        10,
+    )
+    reference = optax.adafactor(1e-2, multiply_by_parameter_scale=False, clipping_threshold=None)
+    state, ref_state = ours.init(params), reference.init(params)
+    for _ in range(2):
+        updates, state = ours.update(grads, state, params)
+        ref_updates, ref_state = reference.update(grads, ref_state, params)
+        for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_optimizer_options_are_refused_by_name():
+    with pytest.raises(ValueError, match="OptimizerConfig.name='sgd'"):
+        OptimizerConfig(name="sgd")
+    with pytest.raises(ValueError, match="moment_dtype applies to adamw"):
+        OptimizerConfig(name="adafactor", moment_dtype="bfloat16")
+    with pytest.raises(ValueError, match="StepConfig.remat='yes'"):
+        StepConfig(remat="yes")

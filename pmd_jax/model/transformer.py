@@ -18,6 +18,10 @@ import jax.numpy as jnp
 
 from pmd_jax.model.config import ATTENTION_IMPLS, ModelConfig, rope_inv_freq
 
+# What the backward pass keeps of each layer's forward: "none" keeps every activation, "dots"
+# keeps the outputs of the weight matmuls and recomputes the rest (norms, RoPE, attention
+# scores, the SwiGLU product), "full" keeps only the layer's input and recomputes the layer.
+REMAT_POLICIES = ("none", "dots", "full")
 NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax rather than NaN
 
 
@@ -163,11 +167,24 @@ class Block(nn.Module):
         return x, (k, v)
 
 
+def remat_block(policy: str):
+    """Block, wrapped for the backward pass by a REMAT_POLICIES name. `prevent_cse=False`: under
+    `nn.scan` the loop already keeps XLA from merging the recomputation into the forward."""
+    if policy == "none":
+        return Block
+    if policy == "dots":
+        saveable = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        return nn.remat(Block, prevent_cse=False, policy=saveable)
+    if policy == "full":
+        return nn.remat(Block, prevent_cse=False)
+    raise ValueError(f"remat={policy!r}; expected one of {REMAT_POLICIES}")
+
+
 class Transformer(nn.Module):
     """Token ids -> final hidden states (and the new tokens' keys/values); `logits` maps hidden -> V."""
 
     config: ModelConfig
-    remat: bool = False  # recompute each layer in the backward pass (training memory)
+    remat: str = "none"  # REMAT_POLICIES: what each layer recomputes in the backward pass
 
     def setup(self):
         cfg = self.config
@@ -179,7 +196,7 @@ class Transformer(nn.Module):
             param_dtype=param_dtype,
             embedding_init=nn.initializers.normal(0.02),
         )
-        block = nn.remat(Block, prevent_cse=False) if self.remat else Block
+        block = remat_block(self.remat)
         self.layers = nn.scan(
             block,
             variable_axes={"params": 0},
