@@ -35,6 +35,9 @@ TEST_REQUIRES = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    # The TPU compiler, for ahead-of-time TPU compiles on any host (tests/test_tpu_compile.py,
+    # `make plan`); the version jax 0.10.2's own `jax[tpu]` extra pins. Wheels: Linux x86_64.
+    "libtpu==0.0.42.*; platform_system == 'Linux' and platform_machine == 'x86_64'",
 ]
 
 setup(
@@ -43,6 +46,7 @@ setup(
     description="Procedural Memory Distillation (PMD) for self-improving LMs, in JAX.",
     packages=find_packages(include=["pmd_jax", "pmd_jax.*", "kernels", "kernels.*", "experiments", "experiments.*"]),
     python_requires=">=3.10",
+    package_data={"pmd_jax.model": ["presets/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )

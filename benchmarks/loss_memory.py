@@ -16,15 +16,18 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
 
 from benchmarks.common import machine_description, write_result
 from pmd_jax.losses import LossConfig, distill_divergence
+from pmd_jax.platform import compile_for
 
 GIB = 2**30
 
 
 def loss_and_grad_fn(impl: str, config: LossConfig):
-    """(student, teacher) logits [N, V] -> (mean divergence, d/d student [N, V])."""
+    """(student, teacher) logits [N, V] -> (mean divergence, d/d student [N, V]). The kernel is
+    compiled or interpreted by the platform traced for (`pmd_jax.platform.compile_for`)."""
 
     def loss(student_logits, teacher_logits):
         divergence = distill_divergence(
@@ -41,11 +44,19 @@ def loss_and_grad_fn(impl: str, config: LossConfig):
     return jax.value_and_grad(loss)
 
 
-def compiled_memory(impl: str, rows: int, vocab: int, dtype: str, config: LossConfig) -> dict:
-    """memory_analysis() of the jit'd loss+grad for logits [rows, vocab] of `dtype`, in bytes."""
-    logits = jax.ShapeDtypeStruct((rows, vocab), jnp.dtype(dtype))
+def compiled_memory(
+    impl: str, rows: int, vocab: int, dtype: str, config: LossConfig, device=None
+) -> dict:
+    """memory_analysis() of the jit'd loss+grad for logits [rows, vocab] of `dtype`, in bytes,
+    compiled for `device` (default: the first local one; a TPU topology's device compiles with
+    the TPU compiler and the kernel lowered by Mosaic, not interpreted)."""
+    device = device or jax.devices()[0]
+    logits = jax.ShapeDtypeStruct(
+        (rows, vocab), jnp.dtype(dtype), sharding=SingleDeviceSharding(device)
+    )
     start = time.perf_counter()
-    compiled = jax.jit(loss_and_grad_fn(impl, config)).lower(logits, logits).compile()
+    with compile_for(device.platform):
+        compiled = jax.jit(loss_and_grad_fn(impl, config)).lower(logits, logits).compile()
     compile_s = time.perf_counter() - start
     stats = compiled.memory_analysis()
     argument, output, temp = (
@@ -67,14 +78,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--vocab", type=int, nargs="+", default=[49152, 151936])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument(
+        "--topology", help="compile for one chip of this TPU topology (e.g. v5e:2x4; needs libtpu)"
+    )
     args = parser.parse_args()
     config = LossConfig()
+    device = None
+    if args.topology:
+        from pmd_jax.plan import tpu_target
+
+        device = tpu_target(args.topology).devices[0]
+    platform = device.platform if device else jax.default_backend()
     cases = []
     for vocab in args.vocab:
         for dtype in args.dtype:
             case = {"rows": args.rows, "vocab": vocab, "dtype": dtype}
             for impl in ("jax", "pallas"):
-                case[impl] = compiled_memory(impl, args.rows, vocab, dtype, config)
+                case[impl] = compiled_memory(impl, args.rows, vocab, dtype, config, device)
             case["temp_ratio"] = case["pallas"]["temp_bytes"] / max(case["jax"]["temp_bytes"], 1)
             case["total_ratio"] = case["pallas"]["total_bytes"] / case["jax"]["total_bytes"]
             print(
@@ -88,15 +108,19 @@ def main() -> None:
         "benchmark": "loss_memory",
         "what": "jit(value_and_grad(mean distill_divergence)) w.r.t. student logits, compiled only",
         "loss_config": {"top_k": config.top_k, "alpha": config.alpha},
+        "target": args.topology or jax.default_backend(),
         "backend_note": (
-            f"backend {jax.default_backend()}: Pallas interpret mode carries every kernel input "
+            f"compiled for {device.device_kind} by the TPU compiler (Mosaic kernel, not interpreted)"
+            if platform == "tpu"
+            else f"backend {platform}: Pallas interpret mode carries every kernel input "
             "through a while loop (and pads it to whole blocks), so each pallas_call copies its "
             "input; these are not the numbers of a compiled TPU/GPU kernel"
         ),
         "machine": machine_description(),
         "cases": cases,
     }
-    print(f"[loss_memory] wrote {write_result('loss_memory', result)}")
+    name = "loss_memory" if platform != "tpu" else "loss_memory_tpu"
+    print(f"[loss_memory] wrote {write_result(name, result)}")
 
 
 if __name__ == "__main__":

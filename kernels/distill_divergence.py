@@ -13,7 +13,7 @@ full-vocabulary work is streamed over vocabulary blocks:
 
 Shapes: M token rows, V vocabulary, K top-k. Rows are independent, so M may be any size; V need
 not be a multiple of the vocabulary block (padded columns are masked with -inf). On CPU the kernels
-run in Pallas interpret mode (`INTERPRET`).
+run in Pallas interpret mode (`default_interpret`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pmd_jax.losses import _divergence, _with_tail
+from pmd_jax.platform import target_backend
 
-INTERPRET = jax.default_backend() == "cpu"  # no Pallas lowering on CPU: run the kernel as a loop
+
+def default_interpret() -> bool:
+    """No Pallas lowering on CPU: there the kernel runs as a loop (interpret mode). Read when a
+    call is traced, so an ahead-of-time compile for a TPU gets the compiled kernel."""
+    return target_backend() == "cpu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +198,7 @@ def pallas_topk_divergence(
 
     student_logits, teacher_logits: [M, V] float32 or bfloat16 -> divergence [M] float32 (nats).
     Gradients flow to both inputs (stop the teacher's yourself). top_k ids are the student's.
-    block_rows, block_vocab: the kernel tile; interpret: None = `INTERPRET` (True on CPU).
+    block_rows, block_vocab: the kernel tile; interpret: None = `default_interpret()` (True on CPU).
     """
     if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -212,6 +217,6 @@ def pallas_topk_divergence(
         tail_epsilon=float(tail_epsilon),
         block_rows=int(block_rows),
         block_vocab=int(block_vocab),
-        interpret=INTERPRET if interpret is None else bool(interpret),
+        interpret=default_interpret() if interpret is None else bool(interpret),
     )
     return _divergence_vjp(student_logits, teacher_logits, static)

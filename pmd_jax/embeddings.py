@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 from pmd_jax import sharding
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.transformer import Transformer, positions_from_mask
+from pmd_jax.platform import on_mesh
 
 
 def embed_tokens(
@@ -45,9 +46,10 @@ def embed_program(
     """The jit'd `embed_tokens` (rows already a multiple of data x fsdp on a mesh)."""
     tokens = sharding.constrain(tokens, mesh, sharding.rows_spec(2))
     token_mask = sharding.constrain(token_mask.astype(bool), mesh, sharding.rows_spec(2))
-    hidden, _ = Transformer(config).apply(
-        {"params": params}, tokens, positions_from_mask(token_mask), token_mask
-    )
+    with on_mesh(mesh):
+        hidden, _ = Transformer(config).apply(
+            {"params": params}, tokens, positions_from_mask(token_mask), token_mask
+        )
     weights = token_mask.astype(jnp.float32)[..., None]
     pooled = jnp.sum(hidden.astype(jnp.float32) * weights, axis=1)
     pooled = pooled / jnp.maximum(jnp.sum(weights, axis=1), 1.0)

@@ -28,6 +28,7 @@ from pmd_jax import sharding
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.decode import KVCache, cache_from_prefill, decode_step, decode_weights
 from pmd_jax.model.transformer import Transformer, positions_from_mask
+from pmd_jax.platform import on_mesh
 from pmd_jax.sharding import BATCH_AXES, constrain, rows_spec
 
 
@@ -199,9 +200,10 @@ def prefill(
 
     def window(width: int):
         def run(tokens, mask, positions):
-            hidden, (keys, values) = Transformer(model_config).apply(
-                {"params": params}, tokens[:, -width:], positions[:, -width:], mask[:, -width:]
-            )
+            with on_mesh(mesh):
+                hidden, (keys, values) = Transformer(model_config).apply(
+                    {"params": params}, tokens[:, -width:], positions[:, -width:], mask[:, -width:]
+                )
             pad = [(0, 0), (0, 0), (prompt_len - width, 0), (0, 0), (0, 0)]
             cache_spec = P(None, BATCH_AXES, None, "tensor")
             return (

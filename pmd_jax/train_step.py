@@ -11,7 +11,6 @@ Sequences are `[prompt (left-padded) | response (right-padded)]`; the hidden sta
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import flax.struct
@@ -31,6 +30,7 @@ from pmd_jax.losses import (
 )
 from pmd_jax.model.config import ModelConfig
 from pmd_jax.model.transformer import REMAT_POLICIES, Transformer, positions_from_mask
+from pmd_jax.platform import on_mesh
 from pmd_jax.sampling import lm_head_matrix
 from pmd_jax.teacher_params import ema_leaf
 
@@ -334,9 +334,12 @@ def make_train_step(
     """jit(train_step) with explicit in/out shardings for `state`/`batch`-shaped inputs.
 
     The state is donated: its buffers are reused for the new state."""
-    step = functools.partial(
-        train_step, model_config=model_config, config=config, optimizer=optimizer
-    )
+    def step(state, batch):
+        with on_mesh(mesh):  # kernels XLA cannot partition run per device (splash attention)
+            return train_step(
+                state, batch, model_config=model_config, config=config, optimizer=optimizer
+            )
+
     state_sh = state_shardings(state, mesh)
     return jax.jit(
         step,

@@ -107,6 +107,14 @@ def _config_from_metadata(reader: gguf.GGUFReader, path: pathlib.Path) -> ModelC
     )
 
 
+def read_gguf_config(path: str | pathlib.Path) -> ModelConfig:
+    """The ModelConfig in a GGUF file's header (no tensor is read)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    return _config_from_metadata(gguf.GGUFReader(path), path)
+
+
 def load_gguf(
     path: str | pathlib.Path, *, param_dtype: str | None = None
 ) -> tuple[ModelConfig, dict]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 import re
 from typing import Any, NamedTuple
 
-from pmd_jax.model.config import ModelConfig
-from pmd_jax.model.gguf import load_gguf
+from pmd_jax.model.config import ModelConfig, config_from_hf_dict, load_hf_config
+from pmd_jax.model.gguf import load_gguf, read_gguf_config
 from pmd_jax.model.hf import load_hf
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -16,6 +17,46 @@ SMOLLM2_NAMES = ("smollm2-135m-instruct", "smollm2-135m", "smollm2")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a hub download needs: config, weights, tokenizer (never other formats' weights).
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.tiktoken"]
+# Shape presets: config.json fields of public models (+ their hub id), for planning without
+# weights (`model_shape`) and as short names that download the hub model for training.
+PRESETS_DIR = pathlib.Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+
+
+def _preset(text: str) -> dict | None:
+    """The preset named `text` (file stem or hub id, any case), or None."""
+    lowered = text.lower()
+    for path in PRESETS_DIR.glob("*.json"):
+        fields = json.loads(path.read_text())
+        if lowered in (path.stem, fields["hub_id"].lower()):
+            return fields
+    return None
+
+
+def model_shape(name_or_path: str | pathlib.Path) -> ModelConfig:
+    """A model's ModelConfig without loading weights: a preset name or its hub id, SmolLM2's
+    names or a .gguf (header only), an HF directory (config.json), or any other hub id
+    (config.json alone is downloaded)."""
+    text = str(name_or_path)
+    preset = _preset(text)
+    if preset is not None:
+        return config_from_hf_dict(preset, where=f"preset {text}")
+    if text.lower() in SMOLLM2_NAMES:
+        return read_gguf_config(find_smollm2_gguf())
+    path = pathlib.Path(text).expanduser()
+    if path.is_dir():
+        return load_hf_config(path)
+    if path.suffix == ".gguf" and path.is_file():
+        return read_gguf_config(path)
+    if _HUB_ID.match(text):
+        return load_hf_config(_download_hub(text, ["config.json"]))
+    raise ValueError(
+        f"unknown model {text!r}: presets are {preset_names()}, SmolLM2 is {list(SMOLLM2_NAMES)}; "
+        "an HF directory, a .gguf file or an HF hub id work too"
+    )
 
 
 class LoadedModel(NamedTuple):
@@ -40,8 +81,8 @@ def find_smollm2_gguf() -> pathlib.Path:
     return path
 
 
-def _download_hub(repo_id: str) -> pathlib.Path:
-    """Snapshot of an HF hub repo (safetensors + tokenizer) in the local HF cache."""
+def _download_hub(repo_id: str, patterns: list[str] = _HUB_PATTERNS) -> pathlib.Path:
+    """Snapshot of an HF hub repo (safetensors + tokenizer by default) in the local HF cache."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as err:
@@ -50,7 +91,7 @@ def _download_hub(repo_id: str) -> pathlib.Path:
             "(pip install huggingface_hub), or pass a local model directory"
         ) from err
     try:
-        return pathlib.Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+        return pathlib.Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as err:  # offline, unknown repo, gated: all say the same to a user
         raise OSError(
             f"could not download HF hub model {repo_id!r} ({type(err).__name__}: {err}). "
@@ -60,17 +101,21 @@ def _download_hub(repo_id: str) -> pathlib.Path:
 
 
 def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
-    """A known name, local HF directory, .gguf file or hub id -> a local directory or .gguf path."""
+    """A known name, local HF directory, .gguf file or hub id -> a local directory or .gguf path.
+    A preset name (`preset_names`) downloads its hub model."""
     text = str(name_or_path)
     if text.lower() in SMOLLM2_NAMES:
         return find_smollm2_gguf()
+    preset = _preset(text)
+    if preset is not None and not pathlib.Path(text).exists():
+        return _download_hub(preset["hub_id"])
     path = pathlib.Path(text).expanduser()
     if path.exists():
         return path
     if _HUB_ID.match(text) and not text.endswith(".gguf"):
         return _download_hub(text)
     raise ValueError(
-        f"unknown model {text!r}: known names are {list(SMOLLM2_NAMES)}; "
+        f"unknown model {text!r}: known names are {list(SMOLLM2_NAMES)} and {preset_names()}; "
         "a path to an HF model directory or a .gguf file works too, as does an HF hub id (org/name)"
     )
 

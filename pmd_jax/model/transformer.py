@@ -15,8 +15,10 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from pmd_jax.model.config import ATTENTION_IMPLS, ModelConfig, rope_inv_freq
+from pmd_jax.platform import target_backend, traced_mesh
 
 # What the backward pass keeps of each layer's forward: "none" keeps every activation, "dots"
 # keeps the outputs of the weight matmuls and recomputes the rest (norms, RoPE, attention
@@ -82,7 +84,7 @@ def fused_attention(
 
     q: [B, T, H, Dh]; k, v: [B, T, K, Dh] (K divides H; no K/V repeat needed); self_mask: [B, T, T].
     """
-    backend = jax.default_backend()
+    backend = target_backend()
     if impl in ("xla", "cudnn"):
         if impl == "cudnn" and backend != "gpu":
             raise ValueError(f"attention_impl='cudnn' needs a GPU backend, not {backend!r}")
@@ -103,7 +105,8 @@ def splash_attention(
     Shapes as in `fused_attention`; T must be a multiple of 128. Padding enters as segment ids read
     off the last row of `self_mask` (left padding: the last token is real and sees every real key),
     so padded queries attend to padded keys only; their outputs are never used. interpret: run the
-    kernel as a loop (tests on CPU).
+    kernel as a loop (tests on CPU). Inside a program on a mesh (`platform.on_mesh`) the kernel
+    runs once per device under shard_map: XLA cannot partition a Mosaic kernel itself.
     """
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
@@ -120,16 +123,47 @@ def splash_attention(
     )  # fmt: skip
     head_mask = splash.MultiHeadMask([splash.CausalMask((t, t))] * group)
     kernel = splash.make_splash_mqa_single_device(head_mask, block_sizes=sizes, interpret=interpret)
-    segments = self_mask[:, -1, :].astype(jnp.int32)  # [B, T]: 1 real, 0 padding
-    q = jnp.moveaxis(q.reshape(b, t, kv_heads, group, dh), 1, 3) * jnp.asarray(dh**-0.5, q.dtype)
-    k, v = jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)  # [B, K, T, Dh]
 
-    def one_head(q_kgtd, k_td, v_td, segment_t):
-        return kernel(q_kgtd, k_td, v_td, segment_ids=splash.SegmentIds(segment_t, segment_t))
+    def local(q, k, v, self_mask):
+        """The kernel on one device's rows and heads: q [b, T, h, Dh], k/v [b, T, k, Dh]."""
+        b, _, h, _ = q.shape
+        kv_heads = k.shape[2]
+        segments = self_mask[:, -1, :].astype(jnp.int32)  # [b, T]: 1 real, 0 padding
+        q = jnp.moveaxis(q.reshape(b, t, kv_heads, group, dh), 1, 3) * jnp.asarray(
+            dh**-0.5, q.dtype
+        )
+        k, v = jnp.moveaxis(k, 1, 2), jnp.moveaxis(v, 1, 2)  # [b, k, T, Dh]
 
-    per_kv_head = jax.vmap(one_head, in_axes=(0, 0, 0, None))
-    out = jax.vmap(per_kv_head)(q, k, v, segments)  # [B, K, G, T, Dh]
-    return jnp.moveaxis(out, 3, 1).reshape(b, t, h, dh)
+        def one_head(q_kgtd, k_td, v_td, segment_t):
+            return kernel(q_kgtd, k_td, v_td, segment_ids=splash.SegmentIds(segment_t, segment_t))
+
+        per_kv_head = jax.vmap(one_head, in_axes=(0, 0, 0, None))
+        out = jax.vmap(per_kv_head)(q, k, v, segments)  # [b, k, G, T, Dh]
+        return jnp.moveaxis(out, 3, 1).reshape(b, t, h, dh)
+
+    mesh = traced_mesh()
+    if mesh is None or mesh.size == 1:
+        return local(q, k, v, self_mask)
+    # Mosaic kernels are not partitioned by XLA: run one per device, rows over the batch axes
+    # (data, fsdp) and heads over tensor (the q/k/v projections are column-split that way).
+    rows = ("data", "fsdp")
+    divisor = mesh.shape["data"] * mesh.shape["fsdp"]
+    if b % divisor:
+        raise ValueError(f"splash attention on mesh {dict(mesh.shape)}: B={b} rows do not split")
+    heads = "tensor" if kv_heads % mesh.shape["tensor"] == 0 else None
+    if heads is None and mesh.shape["tensor"] > 1:
+        raise ValueError(
+            f"splash attention: num_kv_heads={kv_heads} does not split over tensor="
+            f"{mesh.shape['tensor']}"
+        )
+    spec = P(rows, None, heads, None)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(spec, spec, spec, P(rows, None, None)),
+        out_specs=spec,
+        check_vma=False,
+    )(q, k, v, self_mask)
 
 
 class Block(nn.Module):
@@ -248,7 +282,8 @@ def init_params(config: ModelConfig, rng: jax.Array) -> dict:
     """Random parameters (normal(0.02) embeddings, lecun-normal kernels) as a pytree."""
     tokens = jnp.zeros((1, 1), jnp.int32)
     mask = jnp.ones((1, 1), bool)
-    model = Transformer(config)
+    # The parameters do not depend on the attention kernel; the reference traces at any length.
+    model = Transformer(config.replace(attention_impl="naive"))
     return model.init(rng, tokens, tokens, mask, method=Transformer.init_all)["params"]
 
 

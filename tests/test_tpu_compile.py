@@ -1,0 +1,110 @@
+"""The real TPU compiler on this CPU (libtpu, the test extra): v5e:2x4 programs at small shapes
+lower and compile (train steps, samplers, splash attention on the mesh, the Pallas divergence
+kernel compiled by Mosaic, not interpreted), the plan's figures are the compiled ones, and (slow)
+the paper-scale Qwen3-8B PMD step fits a v5p-8."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from pmd_jax import plan as planner
+from pmd_jax.config import apply_overrides, load_experiment
+from pmd_jax.losses import LossConfig
+
+# Small shapes, the matrices in whole TPU tiles (multiples of 128): the compiled arguments are then
+# the parts counted from shapes up to the tile padding of the small arrays (norm scales, masks).
+SMALL = [
+    "model.name=scratch", "model.num_layers=2", "model.hidden_size=256",
+    "model.intermediate_size=512", "model.num_heads=2", "model.num_kv_heads=2",
+    "model.head_dim=128", "model.vocab_size=1024", "model.attention_impl=splash",
+    "model.dtype=bfloat16", "data.batch_size=8", "rollout.num_samples=2",
+    "rollout.max_new_tokens=128", "teacher.max_prompt_tokens=128", "loss.top_k=8",
+    "mesh.data=1", "mesh.fsdp=8", "reflect.batch_size=8", "reflect.prompt_width=128",
+    "reflect.max_new_tokens=32",
+]  # fmt: skip
+PAPER_V5P = [
+    "model=qwen3-8b", "rollout.max_new_tokens=8192", "teacher.max_prompt_tokens=2048",
+    "model.attention_impl=splash", "mesh.data=1", "mesh.fsdp=4", "model.remat=full",
+    "model.dtype=bfloat16", "optimizer.micro_batches=32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def v5e():
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.[test]')")
+    try:
+        return planner.tpu_target("v5e:2x4")
+    except RuntimeError as err:
+        pytest.skip(f"the TPU compiler is not available here: {err}")
+
+
+@pytest.fixture(scope="module")
+def small_plans(v5e):
+    plans = {}
+    for algorithm in ("grpo", "sdpo", "pmd"):
+        config = apply_overrides(load_experiment("tiny"), SMALL + [f"algorithm={algorithm}"])
+        shapes = planner.run_shapes(config, prompt_len=128)
+        plans[algorithm] = {p.name: p for p in planner.plan_run(config, v5e, shapes)}
+    return plans
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "sdpo", "pmd"])
+def test_train_step_compiles_for_v5e_and_the_plan_is_the_compiled_memory(small_plans, algorithm):
+    train = small_plans[algorithm]["train step"]
+    assert train.compiled, train.error
+    # The state and batch are the arguments, up to tile padding (and batch fields this algorithm
+    # never reads, which jit drops).
+    assert train.argument == pytest.approx(sum(train.parts.values()), rel=0.01)
+    assert train.alias >= train.parts["weights"] + train.parts["optimizer"]
+    assert train.total == train.argument + train.output - train.alias + train.temp
+    # FSDP over 8 chips: weights are gathered for the forward, gradients reduced back.
+    assert "all-gather" in train.collectives
+    assert {"reduce-scatter", "all-reduce"} & set(train.collectives)
+
+
+def test_samplers_and_teacher_forward_compile_for_v5e(small_plans):
+    pmd = small_plans["pmd"]
+    assert set(pmd) == {"train step", "teacher forward", "rollout sampler", "reflection sampler"}
+    for plan in pmd.values():
+        assert plan.compiled, (plan.name, plan.error)
+        assert plan.total < planner.CHIPS["v5e"].hbm
+    assert "reflection sampler" not in small_plans["sdpo"]  # only PMD reflects
+
+
+def test_pallas_divergence_kernel_compiles_for_tpu_and_holds_less_than_the_reference(v5e):
+    from benchmarks.loss_memory import compiled_memory
+
+    device = v5e.devices[0]
+    config = LossConfig()
+    rows, vocab = 1024, 32768
+    reference = compiled_memory("jax", rows, vocab, "bfloat16", config, device)
+    kernel = compiled_memory("pallas", rows, vocab, "bfloat16", config, device)
+    # bfloat16 logits: the reference holds float32 log-softmaxes [N, V] of student and teacher,
+    # the kernel streams them; both keep top_k's [N, V] working copy (BENCHMARKS.md).
+    assert reference["temp_bytes"] >= 2 * rows * vocab * 4
+    assert kernel["temp_bytes"] <= 0.5 * reference["temp_bytes"]
+
+
+def test_splash_is_refused_off_tpu_but_lowers_for_it(v5e):
+    """compile_for decides what a trace is for: on the CPU backend alone splash is refused."""
+    from pmd_jax.model.transformer import attention
+
+    q = jax.ShapeDtypeStruct((1, 128, 2, 128), "bfloat16")
+    mask = jax.ShapeDtypeStruct((1, 128, 128), "bool")
+    with pytest.raises(ValueError, match="needs a TPU backend"):
+        jax.eval_shape(lambda q, m: attention(q, q, q, m, impl="splash"), q, mask)
+
+
+@pytest.mark.slow
+def test_paper_scale_qwen3_8b_pmd_step_fits_v5p_8():
+    """Qwen3-8B full fine-tuning, PMD, 32 x 8 rollouts, prompt 512, response 8192, teacher
+    context 10240, float32 masters + Adam, bfloat16 compute: fits 4 x 95 GiB (docs/PLANS.md)."""
+    pytest.importorskip("libtpu", reason="libtpu is not installed")
+    target = planner.tpu_target("v5p:2x2x1")
+    config = apply_overrides(load_experiment("gsm8k"), PAPER_V5P)
+    shapes = planner.run_shapes(config, prompt_len=512)
+    assert shapes.teacher_len + shapes.response_len == 10240
+    (train,) = planner.plan_run(config, target, shapes, ("train",))
+    assert train.compiled, train.error
+    assert planner.fits(train, target), train.total / planner.GIB
