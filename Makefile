@@ -13,7 +13,7 @@ WORKDIR ?= workdir/$(EXP)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all bench bench-sampler lint clean
+.PHONY: install test test-all bench bench-sampler accel-check lint clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ bench: $(STAMP)
 
 bench-sampler: $(STAMP)
 	$(BIN)/python -m benchmarks.sampler
+
+# Where pmd_jax stands on one GPU (an H100, under 8 min) -> benchmarks/results/accelerator_check.json [ARGS="--dry-run"]
+accel-check: $(STAMP)
+	$(BIN)/python -m benchmarks.accelerator_check $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pmd_jax kernels experiments tests benchmarks notebooks
@@ -65,3 +69,9 @@ report: $(STAMP)
 # The ablation study (hours on a CPU; resumable): make ablation [ARGS="--seeds 0 --steps 6"]
 ablation: $(STAMP)
 	$(BIN)/python -m experiments.ablation $(ARGS)
+
+# What a run needs per chip, compiled ahead of time for a target (no weights, no TPU needed):
+# make plan EXP=gsm8k ARGS="--set model=qwen3-8b --topology v5e:2x4"   (docs/PLANS.md)
+.PHONY: plan
+plan: $(STAMP)
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(BIN)/python -m pmd_jax.plan --exp $(EXP) $(ARGS)

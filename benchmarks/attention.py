@@ -31,6 +31,25 @@ def make_inputs(batch: int, length: int, heads: int, kv_heads: int, head_dim: in
     return q, k, v, causal[None] & token_mask[:, None, :]
 
 
+def time_attention(impl: str, q, k, v, mask, repeats: int) -> dict:
+    """Best seconds of the jit'd forward and forward+backward of `attention(impl=impl)`."""
+    forward = jax.jit(lambda q, k, v, m: attention(q, k, v, m, impl=impl))
+    train = jax.jit(
+        jax.grad(
+            lambda q, k, v, m: jnp.sum(attention(q, k, v, m, impl=impl).astype(jnp.float32) ** 2),
+            argnums=(0, 1, 2),
+        )
+    )
+    row = {}
+    for name, fn in (("forward", forward), ("forward_backward", train)):
+        jax.block_until_ready(fn(q, k, v, mask))  # compile + warm-up
+        seconds, all_seconds = best_time(
+            lambda fn=fn: jax.block_until_ready(fn(q, k, v, mask)), repeats
+        )
+        row[name] = {"seconds": seconds, "all_seconds": all_seconds}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=16)
@@ -41,21 +60,7 @@ def main() -> None:
     q, k, v, mask = make_inputs(args.batch, args.length, heads=9, kv_heads=3, head_dim=64)
     results = {}
     for impl in args.impls:
-        forward = jax.jit(lambda q, k, v, m, impl=impl: attention(q, k, v, m, impl=impl))
-        train = jax.jit(
-            jax.grad(
-                lambda q, k, v, m, impl=impl: jnp.sum(attention(q, k, v, m, impl=impl) ** 2),
-                argnums=(0, 1, 2),
-            )
-        )
-        row = {}
-        for name, fn in (("forward", forward), ("forward_backward", train)):
-            jax.block_until_ready(fn(q, k, v, mask))  # compile + warm-up
-            seconds, all_seconds = best_time(
-                lambda fn=fn: jax.block_until_ready(fn(q, k, v, mask)), args.repeats
-            )
-            row[name] = {"seconds": seconds, "all_seconds": all_seconds}
-        results[impl] = row
+        row = results[impl] = time_attention(impl, q, k, v, mask, args.repeats)
         print(
             f"[attention] {impl}: forward {row['forward']['seconds'] * 1e3:.1f} ms, "
             f"forward+backward {row['forward_backward']['seconds'] * 1e3:.1f} ms"

@@ -49,6 +49,15 @@ def test_model_shape_reads_an_hf_directory_without_weights(tmp_path):
     assert registry.model_shape(tmp_path) == reference
 
 
+def test_smollm2_preset_is_the_gguf_header(smollm2_gguf_path):
+    from pmd_jax.model.gguf import read_gguf_config
+
+    preset = registry.model_shape("smollm2-135m-instruct")
+    header = read_gguf_config(smollm2_gguf_path)
+    assert preset.rms_norm_eps == pytest.approx(header.rms_norm_eps)  # GGUF stores float32
+    assert preset == header.replace(rms_norm_eps=preset.rms_norm_eps)
+
+
 def test_unknown_model_lists_the_presets():
     with pytest.raises(ValueError, match="qwen3-8b"):
         registry.model_shape("no-such-model")
