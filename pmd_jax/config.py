@@ -72,6 +72,9 @@ class RolloutConfig:
     max_new_tokens: int = 256
     stop_at_answer: bool = True  # end a rollout after its '#### <answer>' line
     prompt_bucket: int = 64
+    # Sample the batch in this many sequential sampler calls of batch_size / waves prompts each:
+    # the KV cache is that much smaller (`make plan` says when the full batch does not fit).
+    waves: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,16 +86,30 @@ def sample_rollouts(
     stop_table: np.ndarray | None = None,
     width: int | None = None,
     mesh: Mesh | None = None,
+    waves: int = 1,
 ) -> Rollouts:
     """Format the batch's questions as chat prompts (left-padded to `width`, default: bucketed
-    longest) and sample J responses each (on `mesh` when given; every host gets every row)."""
+    longest) and sample J responses each (on `mesh` when given; every host gets every row).
+
+    waves: sample the prompts in this many sequential calls of B / waves prompts (wave w keyed
+    by fold_in(rng, w)), so the sampler holds that fraction of the KV cache; rows stay in
+    prompt-major order."""
     questions = [str(q) for q in batch["question"]]
     prompts = format_prompts(tokenizer, questions, prompt_config)
     prompt_tokens, prompt_mask = left_pad([p.ids for p in prompts], tokenizer.pad_id, width)
-    output = sample(
-        params, model_config, prompt_tokens, prompt_mask, rng, sample_config, stop_table, mesh
-    )
-    tokens, logprobs, lengths = sharding.to_host((output.tokens, output.logprobs, output.lengths))
+    if len(questions) % waves:
+        raise ValueError(f"{len(questions)} prompts do not split into rollout.waves={waves}")
+    per_wave = len(questions) // waves
+    parts = []
+    for wave in range(waves):
+        rows = slice(wave * per_wave, (wave + 1) * per_wave)
+        key = rng if waves == 1 else jax.random.fold_in(rng, wave)
+        output = sample(
+            params, model_config, prompt_tokens[rows], prompt_mask[rows], key, sample_config,
+            stop_table, mesh,
+        )  # fmt: skip
+        parts.append(sharding.to_host((output.tokens, output.logprobs, output.lengths)))
+    tokens, logprobs, lengths = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     ids = [tokens[row, : lengths[row]].tolist() for row in range(tokens.shape[0])]
     return Rollouts(
         problem_ids=np.asarray(batch["id"], np.int32),

@@ -418,9 +418,11 @@ def plan_train_step(config: TrainConfig, m: ModelConfig, shapes: Shapes, mesh, c
 
 
 def plan_teacher_forward(config: TrainConfig, m: ModelConfig, shapes: Shapes, mesh, compile_it):
-    """The teacher's share of the step on its own: hidden states of every row's response under
-    its teacher prompt (no gradient)."""
+    """The teacher's share of the step on its own: hidden states of one micro-batch's responses
+    under their teacher prompts (no gradient)."""
     _, state = abstract_state(m, config, mesh)
+    # As the step runs it: one micro-batch at a time.
+    shapes = dataclasses.replace(shapes, prompts=shapes.prompts // config.optimizer.micro_batches)
     batch = abstract_batch(shapes, mesh)
     n, g = shapes.rows, shapes.response_len
     parts = {
@@ -463,7 +465,10 @@ def plan_sampler(
         kv_split = mesh.shape["tensor"]
     else:
         kv_split = 1
-    sampling_weights = sharding.bytes_per_device(params, mesh, sharding.sampling_param_spec)
+    in_compute_dtype = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, m.dtype), params)
+    sampling_weights = sharding.bytes_per_device(
+        in_compute_dtype, mesh, sharding.sampling_param_spec
+    )
     cache = kv_cache_bytes(m, rows_per_device, prompt_len + new_tokens) // kv_split
     parts = {
         "weights (training layout)": per_device_bytes(params),
@@ -506,8 +511,10 @@ def plan_run(
             plans.append(plan_teacher_forward(config, m, shapes, mesh, compile_it))
         _, state = abstract_state(m, config, mesh)
         if want("sampler"):
+            waves = config.rollout.waves
+            name = "rollout sampler" + (f" (1 of {waves} waves)" if waves > 1 else "")
             plans.append(
-                plan_sampler("rollout sampler", m, state.params, shapes.rows, shapes.samples,
+                plan_sampler(name, m, state.params, shapes.rows // waves, shapes.samples,
                              shapes.prompt_len, shapes.response_len, mesh, compile_it)
             )  # fmt: skip
         if want("reflect") and config.algorithm == "pmd":
@@ -533,7 +540,7 @@ def held_bytes(config: TrainConfig, target: Target) -> int:
 def candidate_changes(config: TrainConfig, target: Target) -> list[list[str]]:
     """Settings to try, cumulatively, in order. First what every large step needs (splash
     attention on a TPU, parameters sharded over every chip); then, while weights + optimizer +
-    teacher alone take over half the HBM, leaner state (bfloat16 moments, Adafactor, bfloat16
+    teacher alone take over 40% of the HBM, leaner state (bfloat16 moments, Adafactor, bfloat16
     parameters); then activations (full remat, bfloat16 compute, more micro-batches)."""
     changes: list[list[str]] = []
     applied: list[str] = []
@@ -557,7 +564,7 @@ def candidate_changes(config: TrainConfig, target: Target) -> list[list[str]]:
     if config.model.param_dtype == "float32":
         lean.append(["model.param_dtype=bfloat16", "model.dtype=bfloat16"])
     for change in lean:
-        if held_bytes(current, target) <= 0.5 * target.chip.hbm:
+        if held_bytes(current, target) <= 0.4 * target.chip.hbm:
             break
         current = add(change)
     if current.model.remat != "full":
@@ -608,6 +615,25 @@ def suggest(
         log(f"  trying {' '.join(applied)} ...", flush=True)
         plan = plan_run(changed, target, shapes, ("train",))[0]
         tried.append((list(applied), plan))
+        if fits(plan, target):
+            break
+    return tried
+
+
+def suggest_waves(
+    config: TrainConfig, target: Target, shapes: Shapes, max_tries: int, log=print
+) -> list[tuple[list[str], ProgramPlan]]:
+    """Double rollout.waves (the sampler's share of the batch per call) until it fits."""
+    tried = []
+    waves = config.rollout.waves
+    while len(tried) < max_tries and waves * 2 <= config.data.batch_size:
+        waves *= 2
+        if config.data.batch_size % waves:
+            continue
+        change = [f"rollout.waves={waves}"]
+        log(f"  trying {change[0]} ...", flush=True)
+        plan = plan_run(apply_overrides(config, change), target, shapes, ("sampler",))[0]
+        tried.append((change, plan))
         if fits(plan, target):
             break
     return tried
@@ -742,6 +768,12 @@ def main(argv: Sequence[str] | None = None) -> list[ProgramPlan]:
         print(f"\nthe train step does not fit: {diagnose(train, target)}", flush=True)
         tried = suggest(config, target, shapes, train, args.max_tries)
         print(format_suggestions(tried, target))
+    sampler = next((p for p in plans if p.name.startswith("rollout sampler")), None)
+    if sampler is not None and not fits(sampler, target) and args.max_tries > 0:
+        print(f"\nthe rollout sampler does not fit ({sampler.error or 'over HBM'})", flush=True)
+        waves = suggest_waves(config, target, shapes, args.max_tries)
+        print(format_suggestions(waves, target).replace("(cumulatively)", "(each alone)"))
+        tried += waves
     if args.json:
         import json
         import pathlib

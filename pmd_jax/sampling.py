@@ -292,6 +292,9 @@ def sample_program(
         prompt_mask = jnp.concatenate([prompt_mask, jnp.repeat(prompt_mask[:1], fill, 0)])
     prompt_tokens = constrain(prompt_tokens, mesh, rows_spec(2))
     prompt_mask = constrain(prompt_mask, mesh, rows_spec(2))
+    # In the compute dtype before anything else: every use casts to it anyway (nn.Dense, the
+    # norms, the embedding), so float32 masters with bfloat16 compute gather half the bytes.
+    params = jax.tree.map(lambda x: x.astype(model_config.dtype), params)
     if mesh is not None:  # the sampling layout, once: gathered over fsdp, split over tensor
         params = jax.lax.with_sharding_constraint(
             params, sharding.sampling_param_shardings(params, mesh)

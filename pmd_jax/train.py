@@ -466,6 +466,7 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
         stop_table=run.stop_table,
         width=run.prompt_width,
         mesh=run.mesh,
+        waves=config.rollout.waves,
     )
     times["time/sample"] = time.perf_counter() - start
     _crash_drill("mid_step", step)

@@ -103,6 +103,14 @@ def _batch_errors(config: TrainConfig, mesh: dict[str, int] | None) -> Iterator[
             f"do not split into {micro} parts",
             f"pick a divisor of {batch}",
         )
+    waves = config.rollout.waves
+    if waves >= 1 and batch % waves:
+        yield _line(
+            "rollout.waves",
+            waves,
+            f"data.batch_size={batch} prompts do not split into {waves} equal sampler calls",
+            f"pick a divisor of {batch}",
+        )
     if mesh is not None:
         divisor = math.prod(mesh[axis] for axis in BATCH_AXES)
         if rows % divisor:
@@ -127,7 +135,7 @@ def _sampling_errors(prefix: str, section: Any) -> Iterator[str]:
 def _rollout_errors(config: TrainConfig) -> Iterator[str]:
     rollout = config.rollout
     yield from _sampling_errors("rollout", rollout)
-    for name in ("num_samples", "prompt_bucket"):
+    for name in ("num_samples", "prompt_bucket", "waves"):
         if getattr(rollout, name) < 1:
             yield _line(f"rollout.{name}", getattr(rollout, name), "must be >= 1", "set it >= 1")
     if config.algorithm == "grpo" and rollout.num_samples < 2:

@@ -424,3 +424,33 @@ def test_on_policy_rollout_correction_is_one_at_the_loss_temperature_validation_
         trainer_at_one = sampled_logprobs(logits[:, None], tokens[:, None], 1.0)
         biased = rollout_correction(trainer_at_one, sampler_logprobs[:, None], mask, at_one)
         assert float(jnp.max(jnp.abs(biased - 1.0))) > 0.1
+
+
+def test_rollout_waves_sample_each_part_of_the_batch_with_its_own_key(arith_tokenizer):
+    """rollout.waves=2: two sampler calls of half the prompts; wave w equals a one-wave call on
+    its prompts keyed fold_in(rng, w), and rows stay prompt-major."""
+    from pmd_jax import phases
+    from pmd_jax.data.prompts import PromptConfig
+
+    config = _tiny("llama", vocab_size=arith_tokenizer.vocab_size)
+    params = _params(config)
+    questions = ["2 + 3 = ?", "7 - 4 = ?", "6 + 1 = ?", "9 - 2 = ?"]
+    batch = {"id": np.arange(4), "question": questions, "answer": ["5", "3", "7", "7"]}
+    sample_config = SampleConfig(
+        max_new_tokens=6, temperature=1.0, num_samples=2, pad_id=arith_tokenizer.pad_id
+    )
+    rng = jax.random.PRNGKey(3)
+    args = (params, config, arith_tokenizer)
+    waved = phases.sample_rollouts(
+        *args, batch, PromptConfig(), sample_config, rng, width=384, waves=2
+    )
+    assert waved.tokens.shape == (8, 6)
+    for wave in range(2):
+        part = {key: value[2 * wave : 2 * wave + 2] for key, value in batch.items()}
+        alone = phases.sample_rollouts(
+            *args, part, PromptConfig(), sample_config, jax.random.fold_in(rng, wave), width=384
+        )
+        np.testing.assert_array_equal(waved.tokens[4 * wave : 4 * wave + 4], alone.tokens)
+        np.testing.assert_array_equal(waved.logprobs[4 * wave : 4 * wave + 4], alone.logprobs)
+    with pytest.raises(ValueError, match="rollout.waves=3"):
+        phases.sample_rollouts(*args, batch, PromptConfig(), sample_config, rng, waves=3)

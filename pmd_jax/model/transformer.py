@@ -115,7 +115,7 @@ def splash_attention(
     if t % 128:
         raise ValueError(f"attention_impl='splash' needs T a multiple of 128, got T={t}")
     group = h // kv_heads
-    block = min(512, t)
+    block = next(size for size in (512, 256, 128) if t % size == 0)
     sizes = splash.BlockSizes(
         block_q=block, block_kv=block, block_kv_compute=block,
         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
