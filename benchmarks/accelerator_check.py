@@ -168,20 +168,12 @@ def peak_bf16_flops(device_kind: str) -> float | None:
 def train_flops_per_step(
     config: ModelConfig, rows: int, prompt: int, teacher: int, response: int
 ) -> float:
-    """Model FLOPs of one PMD step, counted as PaLM does (matmuls only, attention non-causal).
+    """Model FLOPs of one PMD step (`pmd_jax.plan.train_step_flops`: matmuls only, attention as
+    the kernel computes it, the LM head on response positions, the teacher's forward)."""
+    from pmd_jax.plan import Shapes, train_step_flops
 
-    Student on [prompt | response]: forward + backward, 6 N_body + 12 L H Dh T per token; teacher on
-    [teacher | response]: forward only, 2 N_body + 4 L H Dh T. The LM head (V x D) runs on the
-    response positions only (the loss reads those), 6 V D (student) + 2 V D (teacher) per token.
-    """
-    head = config.vocab_size * config.hidden_size
-    body = config.num_params - head * (1 if config.tie_embeddings else 2)
-    attention_width = config.num_layers * config.num_heads * config.head_dim
-    student, teach = prompt + response, teacher + response
-    per_row = student * (6 * body + 12 * attention_width * student)
-    per_row += teach * (2 * body + 4 * attention_width * teach)
-    per_row += 8 * head * response
-    return float(rows * per_row)
+    shapes = Shapes(rows, 1, prompt, response, teacher, 0, 0, 0)
+    return train_step_flops(config, shapes, "pmd", "none")
 
 
 # ------------------------------------------------------------------------------ device
@@ -337,8 +329,9 @@ def train_section(ctx: Context) -> None:
                      "response_len": response, "loss_top_k": LOSS.top_k, "loss_alpha": LOSS.alpha,
                      "compute_dtype": "bfloat16", "param_dtype": "float32"},
         "peak_bf16_flops": peak,
-        "flops": "train_flops_per_step: PaLM's count (6 N + 12 L H Dh T per trained token, the "
-        "teacher's forward a third of that, the LM head on response positions only)",
+        "flops": "pmd_jax.plan.train_step_flops: 6 N + 12 L H Dh T per trained token (dense "
+        "attention, as PaLM counts), the teacher's forward a third of that, the LM head on "
+        "response positions only",
         "models": {},
     })  # fmt: skip
     for name, config in sizes.models:
