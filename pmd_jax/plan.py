@@ -93,7 +93,10 @@ def tpu_target(topology: str) -> Target:
     from jax.experimental import topologies
 
     # libtpu looks for a TPU VM's metadata first; on any other host it would log pages of it.
+    # It also takes a lock on the TPU, which a compile-only process does not need (two plans, or
+    # a plan beside the tests, may then run at once).
     for name, value in (
+        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
         ("TPU_STDERR_LOG_LEVEL", "3"),
         ("TPU_MIN_LOG_LEVEL", "3"),
         ("TF_CPP_MIN_LOG_LEVEL", "3"),
@@ -111,10 +114,15 @@ def tpu_target(topology: str) -> Target:
     except Exception as err:  # no libtpu, or a shape the generation does not have
         raise RuntimeError(
             f"--topology {topology!r}: the TPU compiler could not describe it "
-            f"({type(err).__name__}: {err}). It needs libtpu (pip install libtpu)"
+            f"({type(err).__name__}: {err}). It needs libtpu (pip install -e '.[test]')"
         ) from err
     devices = tuple(topo.devices)
-    return Target(topology, CHIPS[generation], len(devices), devices, "tpu")
+    chip = CHIPS[generation]
+    cores = len(devices) // len({tuple(d.coords) for d in devices})
+    if cores > 1:  # v4 without megacore: each TensorCore a device, with half the chip
+        chip = Chip(f"{chip.name} TensorCore (1/{cores} chip)", chip.hbm / cores,
+                    chip.peak_flops / cores, chip.bandwidth / cores)  # fmt: skip
+    return Target(topology, chip, len(devices), devices, "tpu")
 
 
 def local_target() -> Target:
@@ -621,19 +629,35 @@ def suggest(
 
 
 def suggest_waves(
-    config: TrainConfig, target: Target, shapes: Shapes, max_tries: int, log=print
+    config: TrainConfig, target: Target, shapes: Shapes, max_tries: int, base=(), log=print
 ) -> list[tuple[list[str], ProgramPlan]]:
-    """Double rollout.waves (the sampler's share of the batch per call) until it fits."""
-    tried = []
-    waves = config.rollout.waves
-    while len(tried) < max_tries and waves * 2 <= config.data.batch_size:
+    """On top of `base` (the train step's changes): split the weights over tensor while their
+    sampling copy alone takes over half the HBM, then double rollout.waves (the sampler's share
+    of the batch per call) until the rollout sampler fits."""
+    applied = list(base)
+    current = apply_overrides(config, applied)
+    m = model_config_of(current)
+    whole = m.num_params * np.dtype(m.dtype).itemsize
+    changes = []
+    tensor = current.mesh.tensor
+    while whole / tensor > 0.5 * target.chip.hbm and tensor * 2 <= m.num_kv_heads:
+        tensor *= 2
+        if target.num_devices % tensor:
+            break
+        changes.append(["mesh.data=1", f"mesh.fsdp={target.num_devices // tensor}",
+                        f"mesh.tensor={tensor}"])  # fmt: skip
+    waves = current.rollout.waves
+    while waves * 2 <= current.data.batch_size:
         waves *= 2
-        if config.data.batch_size % waves:
-            continue
-        change = [f"rollout.waves={waves}"]
-        log(f"  trying {change[0]} ...", flush=True)
-        plan = plan_run(apply_overrides(config, change), target, shapes, ("sampler",))[0]
-        tried.append((change, plan))
+        if current.data.batch_size % waves == 0:
+            changes.append([f"rollout.waves={waves}"])
+    tried = []
+    for change in changes[:max_tries]:
+        keys = {x.split("=")[0] for x in change}
+        applied = [c for c in applied if c.split("=")[0] not in keys] + change
+        log(f"  trying {' '.join(applied)} ...", flush=True)
+        plan = plan_run(apply_overrides(config, applied), target, shapes, ("sampler",))[0]
+        tried.append((list(applied), plan))
         if fits(plan, target):
             break
     return tried
@@ -736,7 +760,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--programs", nargs="+", default=["all"],
         choices=["all", "train", "teacher", "sampler", "reflect"],
     )  # fmt: skip
-    parser.add_argument("--max-tries", type=int, default=10, help="fit suggestions to compile")
+    parser.add_argument("--max-tries", type=int, default=12, help="fit suggestions to compile")
     parser.add_argument("--json", help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -771,8 +795,9 @@ def main(argv: Sequence[str] | None = None) -> list[ProgramPlan]:
     sampler = next((p for p in plans if p.name.startswith("rollout sampler")), None)
     if sampler is not None and not fits(sampler, target) and args.max_tries > 0:
         print(f"\nthe rollout sampler does not fit ({sampler.error or 'over HBM'})", flush=True)
-        waves = suggest_waves(config, target, shapes, args.max_tries)
-        print(format_suggestions(waves, target).replace("(cumulatively)", "(each alone)"))
+        base = tried[-1][0] if tried else []
+        waves = suggest_waves(config, target, shapes, args.max_tries, base)
+        print(format_suggestions(waves, target))
         tried += waves
     if args.json:
         import json

@@ -108,3 +108,12 @@ def test_paper_scale_qwen3_8b_pmd_step_fits_v5p_8():
     (train,) = planner.plan_run(config, target, shapes, ("train",))
     assert train.compiled, train.error
     assert planner.fits(train, target), train.total / planner.GIB
+
+
+def test_v4_topology_devices_are_tensorcores_with_half_a_chip(v5e):
+    """The compiler describes v4:2x2x1 as 8 devices, two per chip (no megacore): the plan
+    budgets each with half of the chip's 32 GiB and peak."""
+    v4 = planner.tpu_target("v4:2x2x1")
+    assert v4.num_devices == 8
+    assert v4.chip.hbm == planner.CHIPS["v4"].hbm / 2
+    assert v5e.chip == planner.CHIPS["v5e"]  # one device per chip
