@@ -584,10 +584,13 @@ def candidate_changes(config: TrainConfig, target: Target) -> list[list[str]]:
         target.num_devices
         // sharding.make_mesh(current.mesh, np.arange(target.num_devices)).shape["tensor"]
     )
-    while (
-        micro * 2 <= prompts and (prompts // (micro * 2)) * current.rollout.num_samples >= divisor
-    ):
-        micro *= 2
+    # Every micro-batch holds whole groups and at least one row per data x fsdp device; the
+    # count grows 4x a try (each try is a compile), ending at the most there can be.
+    most, group = micro, current.rollout.num_samples
+    while most * 2 <= prompts and (prompts // (most * 2)) * group >= divisor:
+        most *= 2
+    while micro < most:
+        micro = min(micro * 4, most)
         changes.append([f"optimizer.micro_batches={micro}"])
     return changes
 
