@@ -161,3 +161,23 @@ def test_kv_cache_and_flops_scale_with_their_shapes():
     assert grpo == pytest.approx(6 * m.num_params * tokens, rel=0.25)
     assert planner.train_step_flops(m, shapes, "grpo", "full") == pytest.approx(grpo * 4 / 3)
     assert np.isfinite(grpo)
+
+
+def test_importing_pmd_jax_on_a_host_without_accelerators_picks_the_cpu():
+    import os
+    import subprocess
+    import sys
+
+    from pmd_jax import _no_accelerator_devices
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = "import pmd_jax, os, jax; print(os.environ.get('JAX_PLATFORMS'), jax.default_backend())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()  # fmt: skip
+    if _no_accelerator_devices():
+        assert out == ["cpu", "cpu"]
+    env["JAX_PLATFORMS"] = "tpu"  # the user's choice is kept
+    code = "import pmd_jax, os; print(os.environ['JAX_PLATFORMS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()  # fmt: skip
+    assert out == ["tpu"]
