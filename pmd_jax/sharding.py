@@ -159,7 +159,13 @@ def put(tree, shardings):
         if isinstance(x, jax.Array) and x.sharding == target:
             return x
         host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+        if not isinstance(x, jax.Array):
+            return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+        # A jax array's host value is a view of its buffer, and shards made from a view alias it:
+        # nothing placed so could be donated in place (the first SmolLM2 train step allocated a
+        # second 2.15 GB state beside the first) and arrays placed from one source (the memory
+        # encoder and the policy) shared memory. A copy per shard gives each its own buffers.
+        return jax.make_array_from_callback(host.shape, target, lambda index: np.array(host[index]))
 
     return treedef.unflatten([one(x, t) for x, t in zip(leaves, targets, strict=True)])
 
