@@ -39,6 +39,7 @@ from pmd_jax import sharding
 from pmd_jax.config import TrainConfig, apply_overrides, load_experiment
 from pmd_jax.model import registry
 from pmd_jax.model.config import ModelConfig
+from pmd_jax.model.scratch import scratch_config
 from pmd_jax.model.transformer import init_params
 from pmd_jax.optimizer import make_optimizer
 from pmd_jax.platform import compile_for, on_mesh
@@ -180,17 +181,8 @@ def run_shapes(config: TrainConfig, prompt_len: int) -> Shapes:
 def model_config_of(config: TrainConfig) -> ModelConfig:
     """The run's ModelConfig from shapes only (a "scratch" model from ModelSpec's sizes)."""
     spec = config.model
-    if spec.name == "scratch":
-        base = ModelConfig(
-            architecture="llama",
-            vocab_size=spec.vocab_size,
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_layers=spec.num_layers,
-            num_heads=spec.num_heads,
-            num_kv_heads=spec.num_kv_heads,
-            head_dim=spec.head_dim,
-        )
+    if spec.name == "scratch":  # the tokenizer trained for it has at most spec.vocab_size
+        base = scratch_config(spec, spec.vocab_size)
     else:
         base = registry.model_shape(spec.name)
     return base.replace(

@@ -66,7 +66,8 @@ def test_unknown_model_lists_the_presets():
 def test_local_plan_parts_equal_the_compiled_arguments_and_flops_the_hand_count():
     """One layer, one micro-batch, one loss chunk: no loop runs twice, so XLA's flop count is
     the whole step's and must agree with the count from shapes (XLA adds the elementwise work:
-    softmax, norms, the optimizer; within 15%)."""
+    softmax over V, norms, the optimizer, the tied embedding's scatter-add gradient; at these
+    small widths that is up to a fifth of the step)."""
     config = _tiny_config()
     target = planner.local_target()
     target = dataclasses.replace(target, devices=target.devices[:1], num_devices=1)
@@ -82,9 +83,9 @@ def test_local_plan_parts_equal_the_compiled_arguments_and_flops_the_hand_count(
     state = train.parts["weights"] + train.parts["optimizer"] + train.parts["teacher"]
     assert train.alias >= state
     assert train.total == train.argument + train.output - train.alias + train.temp
-    assert train.xla_flops == pytest.approx(train.flops_per_chip, rel=0.15)
+    assert train.xla_flops == pytest.approx(train.flops_per_chip, rel=0.2)
     teacher = plans["teacher forward"]
-    assert teacher.xla_flops == pytest.approx(teacher.flops_per_chip, rel=0.15)
+    assert teacher.xla_flops == pytest.approx(teacher.flops_per_chip, rel=0.2)
 
 
 def test_collectives_are_counted_from_hlo_text():

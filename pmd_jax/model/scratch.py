@@ -49,16 +49,11 @@ def scratch_tokenizer(
     return SentencePieceTokenizer.from_file(model_path)
 
 
-def scratch_model(
-    spec, problems: Sequence[dict], directory: str | pathlib.Path, seed: int
-) -> LoadedModel:
-    """A random llama of `spec`'s sizes (pmd_jax.config.ModelSpec) and its tokenizer."""
-    texts = [p["question"] for p in problems] + [p["solution"] for p in problems]
-    texts += prompt_wording(problems[0]["question"], problems[0]["solution"])
-    tokenizer = scratch_tokenizer(texts, directory, spec.vocab_size)
-    config = ModelConfig(
+def scratch_config(spec, vocab_size: int, bos_id=None, eos_id=None) -> ModelConfig:
+    """The ModelConfig of a scratch model of `spec`'s sizes (pmd_jax.config.ModelSpec)."""
+    return ModelConfig(
         architecture="llama",
-        vocab_size=tokenizer.vocab_size,
+        vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_layers=spec.num_layers,
@@ -66,11 +61,21 @@ def scratch_model(
         num_kv_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,
         tie_embeddings=True,
-        bos_id=tokenizer.bos_id,
-        eos_id=tokenizer.eos_id,
+        bos_id=bos_id,
+        eos_id=eos_id,
         max_position_embeddings=4096,
         param_dtype=spec.param_dtype,
         dtype=spec.dtype,
     )
+
+
+def scratch_model(
+    spec, problems: Sequence[dict], directory: str | pathlib.Path, seed: int
+) -> LoadedModel:
+    """A random llama of `spec`'s sizes (pmd_jax.config.ModelSpec) and its tokenizer."""
+    texts = [p["question"] for p in problems] + [p["solution"] for p in problems]
+    texts += prompt_wording(problems[0]["question"], problems[0]["solution"])
+    tokenizer = scratch_tokenizer(texts, directory, spec.vocab_size)
+    config = scratch_config(spec, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
     params = init_params(config, jax.random.PRNGKey(seed))
     return LoadedModel(config, params, tokenizer)
