@@ -117,6 +117,90 @@ EDGE_CASES = [
     ("\\boxed{42", "42", 0.0, BOXED),
     ("#### 42", "42", 0.0, BOXED),
     ("\\boxed{42}", "42", 0.0, None),
+    # Space-style thousands grouping: space, thin space, narrow no-break space, no-break space.
+    ("#### 1 000", "1000", 1.0, None),
+    ("#### 1\u2009000", "1000", 1.0, None),
+    ("#### 1\u202f000", "1000", 1.0, None),
+    ("#### 1\u00a0000", "1000", 1.0, None),
+    ("#### 12 345 678", "12345678", 1.0, None),
+    ("#### 1 000.5", "1000.5", 1.0, None),
+    ("#### $1 000", "1000", 1.0, None),
+    ("#### -1 000", "-1000", 1.0, None),
+    ("#### 5 000 apples", "5000", 1.0, None),
+    ("#### 1 00", "100", 0.0, None),  # groups after the first have exactly three digits
+    ("#### 1 0000", "10000", 0.0, None),
+    ("#### 1  000", "1000", 0.0, None),  # one separator, not a run of spaces
+    ("#### 1\t000", "1000", 0.0, None),
+    ("#### 1,000 000", "1000000", 0.0, None),  # one separator kind per number
+    ("#### 1 000,000", "1000000", 0.0, None),
+    ("#### 1\u2009000 000", "1000000", 0.0, None),
+    ("#### 1 000,5", "1000.5", 0.0, None),  # no decimal comma
+    ("#### 0,500", "500", 0.0, None),  # the first group does not start with 0
+    ("#### 0 123", "123", 0.0, None),
+    ("#### 5 100", "5100", 1.0, None),  # SI grouping: 5100 ...
+    ("#### 5 100", "5", 0.0, None),  # ... never 5 ...
+    ("#### 5 100", "100", 0.0, None),  # ... and never 100
+    ("#### 5 10", "5", 0.0, None),
+    ("#### 5 1000", "5", 0.0, None),
+    ("#### 12 345/678", "12345", 0.0, None),  # not a mixed number
+    ("\\boxed{1\\,000}", "1000", 1.0, BOXED),
+    ("\\boxed{1{,}000\\,000}", "1000000", 0.0, BOXED),
+    # Only a unit may follow the number: hedges, negations, judgements, scale words score 0.
+    ("#### 8 is wrong", "8", 0.0, None),
+    ("#### 8 no", "8", 0.0, None),
+    ("#### 8 or so", "8", 0.0, None),
+    ("#### 8 maybe", "8", 0.0, None),
+    ("#### 8 approximately", "8", 0.0, None),
+    ("#### 8 about", "8", 0.0, None),
+    ("#### 8 not", "8", 0.0, None),
+    ("#### 8 (approx.)", "8", 0.0, None),
+    ("#### 8 km or so", "8", 0.0, None),
+    ("#### 8 apples maybe", "8", 0.0, None),
+    ("#### 8 so-so", "8", 0.0, None),
+    ("#### 8 forty-two", "8", 0.0, None),
+    ("#### 8 million", "8", 0.0, None),  # a scale word would change the value
+    ("#### 8 million", "8000000", 0.0, None),
+    ("#### 8 dozen", "8", 0.0, None),
+    ("#### 8 squared", "8", 0.0, None),
+    ("#### 8 square", "8", 0.0, None),
+    ("#### 8 per", "8", 0.0, None),
+    ("#### 8 a", "8", 0.0, None),
+    ("#### 8/no", "8", 0.0, None),
+    ("#### 8 x", "8", 0.0, None),  # a single letter that is not a listed unit
+    ("#### 8th", "8", 0.0, None),  # only a listed unit may follow without a space
+    ("#### 12 red apples", "12", 0.0, None),  # one free word at most
+    # Units: listed units, one free word, rates, powers, qualifiers.
+    ("#### 8 km\u00b2", "8", 1.0, None),
+    ("#### 8 m\u00b3", "8", 1.0, None),
+    ("#### 8 m^2", "8", 1.0, None),
+    ("#### 8 square feet", "8", 1.0, None),
+    ("#### 8 sq. ft.", "8", 1.0, None),
+    ("#### 8 meters squared", "8", 1.0, None),
+    ("#### 5 km/h", "5", 1.0, None),
+    ("#### 9.8 m/s\u00b2", "9.8", 1.0, None),
+    ("#### 3 hours", "3", 1.0, None),
+    ("#### $5 per hour", "5", 1.0, None),
+    ("#### $5/hour", "5", 1.0, None),
+    ("#### 60 miles an hour", "60", 1.0, None),
+    ("#### 3 apples per person", "3", 1.0, None),
+    ("#### 18 years old", "18", 1.0, None),
+    ("#### $4 each", "4", 1.0, None),
+    ("#### 8km", "8", 1.0, None),
+    ("#### 90\u00b0F", "90", 1.0, None),
+    ("#### 20 degrees Celsius", "20", 1.0, None),
+    ("#### 8 lbs.", "8", 1.0, None),
+    ("#### 50 percent", "50", 1.0, None),
+    ("#### 50 cents", "50", 1.0, None),  # units are never converted
+    ("#### 8 t-shirts", "8", 1.0, None),
+    ("#### 3 o'clock", "3", 1.0, None),
+    ("#### 3 o\u2019clock", "3", 1.0, None),
+    ("#### 8\u00a0km", "8", 1.0, None),
+    ("#### 8 km\u00b2 2", "8", 0.0, None),  # a digit elsewhere in the tail
+    ("#### 8\u00b2", "8", 0.0, None),  # a superscript needs a listed unit before it
+    ("#### 8 apples\u00b2", "8", 0.0, None),
+    ("\\boxed{90^\\circ}", "90", 1.0, BOXED),
+    ("\\boxed{5\\,\\text{km}}", "5", 1.0, BOXED),
+    ("\\boxed{8\\text{ m}^{2}}", "8", 1.0, BOXED),
 ]
 
 
@@ -140,6 +224,22 @@ def test_edge_case_reward(response, gold, expected_reward, config):
             "the final answer '\u0664\u0662' is not a number (write it with the digits 0-9)",
         ),
         ("#### ", None, "the final answer is empty"),
+        (
+            "#### 42 is wrong",
+            None,
+            "the final answer '42 is wrong' is not a number (only a unit may follow the number)",
+        ),
+        (
+            "#### 42\u00b2",
+            None,
+            "the final answer '42\u00b2' is not a number (only a unit may follow the number)",
+        ),
+        ("#### \u00b2", None, "the final answer '\u00b2' is not a number"),
+        (
+            "#### 4\u0662",
+            None,
+            "the final answer '4\u0662' is not a number (write it with the digits 0-9)",
+        ),
         (
             "#### 1" + "0" * 16,
             None,
@@ -405,3 +505,100 @@ def test_unicode_digits_never_score(digits):
     gold = "".join(str(int(char)) for char in digits)
     verdict = verify(f"#### {digits}", gold)
     assert verdict.reward == 0.0 and verdict.feedback.endswith("(write it with the digits 0-9)")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(
+        alphabet=st.characters(categories=["No"]),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from(["", " ", " km"]),
+)
+def test_numeric_characters_that_are_not_digits_get_no_digit_hint(chars, before):
+    # Superscripts, vulgar fractions, circled numbers (category No) are not decimal digits.
+    verdict = verify(f"#### 8{before}{chars}", "8")
+    assert "digits 0-9" not in verdict.feedback
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 10**9), st.integers(0, 999), st.sampled_from([" ", "\u2009", "\u202f", "\u00a0"])
+)
+def test_space_grouping_never_makes_one_of_two_numbers_score(first, rest, separator):
+    # '#### a bbb' reads as the grouped number a*1000 + bbb, which is neither a nor bbb.
+    grouped_first = f"{first:,}".replace(",", separator)  # '1 000' for 1000: itself grouped
+    response = f"#### {grouped_first}{separator}{rest:03d}"
+    assert verify(response, str(first * 1000 + rest)).reward == 1.0
+    assert verify(response, str(first)).reward == 0.0
+    assert verify(response, str(rest)).reward == 0.0
+    assert verify(response + " apples", str(first)).reward == 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10**6), st.integers(0, 10**6).filter(lambda n: n >= 1000 or n < 100))
+def test_a_second_number_that_is_not_a_group_of_three_rejects_the_answer(first, second):
+    for separator in (" ", "\u2009", "\u202f", "\u00a0"):
+        verdict = verify(f"#### {first}{separator}{second}", str(first))
+        assert verdict.reward == 0.0
+
+
+# ('squared' is not here: '8 km squared' is a unit; '8 squared' alone is an edge case above.)
+HEDGES = [
+    "is wrong",
+    "no",
+    "not",
+    "or so",
+    "maybe",
+    "perhaps",
+    "probably",
+    "approximately",
+    "approx",
+    "about",
+    "roughly",
+    "nearly",
+    "ish",
+    "or more",
+    "or less",
+    "is the answer",
+    "isn't right",
+    "incorrect",
+    "wrong",
+    "I think",
+    "give or take",
+    "plus",
+    "minus",
+    "million",
+    "thousand",
+    "dozen",
+    "half",
+    "and a half",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(10**6), 10**6),
+    st.sampled_from(HEDGES),
+    st.sampled_from(["", " km", " apples", " dollars"]),
+    st.sampled_from(["lower", "upper", "title"]),
+)
+def test_hedges_after_the_number_never_score(gold, hedge, unit, case):
+    hedge = getattr(hedge, case)()
+    for tail in (f"{unit} {hedge}", f" {hedge}{unit}"):
+        assert verify(f"#### {gold}{tail}", str(gold)).reward == 0.0, tail
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 10**6),
+    st.sampled_from(["km", "km²", "kg", "hours", "minutes", "dollars", "cents", "percent"]),
+    st.sampled_from(["", "/h", " per day", " an hour", " each", " per person"]),
+    st.sampled_from(["{:,}", "{:d}", "{:_}"]),
+)
+def test_unit_tails_keep_the_value(gold, unit, rate, style):
+    number = style.format(gold).replace("_", " ")  # 1,234 / 1234 / 1 234
+    response = f"#### {number} {unit}{rate}"
+    assert verify(response, str(gold)).reward == 1.0, response
+    assert verify(response, str(gold + 1)).reward == 0.0, response
