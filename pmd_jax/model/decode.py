@@ -212,6 +212,14 @@ def _layer_step(
     return x, keys, values
 
 
+def _window(mask: jax.Array, slot: jax.Array, config: ModelConfig) -> jax.Array:
+    """[N, S] bool: the slots within the sliding window of the token at `slot`, counted in real
+    tokens as `transformer.window_mask` counts them (mask [N, S], the slot included)."""
+    real_index = jnp.cumsum(mask.astype(jnp.int32), axis=-1)  # [N, S]
+    query_index = jax.lax.dynamic_slice_in_dim(real_index, slot, 1, axis=1)  # [N, 1]
+    return query_index - real_index < config.sliding_window
+
+
 def decode_step(
     weights: DecodeWeights,
     config: ModelConfig,
@@ -221,16 +229,20 @@ def decode_step(
     slot: jax.Array,
 ) -> tuple[jax.Array, KVCache]:
     """Run tokens [N] at positions [N] through every layer, writing their keys/values into cache
-    slot `slot` (scalar int). Returns (final-norm hidden states [N, D], the updated cache)."""
+    slot `slot` (scalar int). Returns (final-norm hidden states [N, D], the updated cache).
+    Layers with a sliding window (ModelConfig.window_layers) attend to the cache slots within
+    it; the cache itself stays full-length."""
     dtype = jnp.dtype(config.dtype)
     rows = tokens.shape[0]
     mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, jnp.ones((rows, 1), bool), slot, axis=1)
+    window = mask if config.sliding_window is None else mask & _window(mask, slot, config)
     x = jnp.take(weights.embedding, tokens, axis=0).astype(dtype)  # cast the rows, not [V, D]
     inv_freq = jnp.asarray(rope_inv_freq(config))
     new_keys, new_values = [], []
-    for layer, keys, values in zip(weights.layers, cache.keys, cache.values, strict=True):
+    layers = zip(weights.layers, cache.keys, cache.values, config.window_layers, strict=True)
+    for layer, keys, values, windowed in layers:
         x, keys, values = _layer_step(
-            layer, config, x, positions, keys, values, mask, slot, inv_freq
+            layer, config, x, positions, keys, values, window if windowed else mask, slot, inv_freq
         )
         new_keys.append(keys)
         new_values.append(values)

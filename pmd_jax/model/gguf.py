@@ -82,6 +82,15 @@ def _config_from_metadata(reader: gguf.GGUFReader, path: pathlib.Path) -> ModelC
     def meta(key: str, default: Any = None) -> Any:
         return _field(reader, f"{arch}.{key}", path, default)
 
+    # llama.cpp's sliding window (n_swa): a key at position p_k is masked for the query at p_q
+    # when p_q - p_k >= n_swa, transformers' convention. A per-layer pattern is not supported.
+    pattern_key = f"{arch}.attention.sliding_window_pattern"
+    if pattern_key in reader.fields:
+        raise ValueError(
+            f"{path}: GGUF metadata {pattern_key!r} (per-layer sliding window) is not supported"
+        )
+    sliding_window = int(meta("attention.sliding_window", 0)) or None
+
     hidden = int(meta("embedding_length"))
     num_heads = int(meta("attention.head_count"))
     tokens = _field(reader, "tokenizer.ggml.tokens", path)
@@ -104,6 +113,7 @@ def _config_from_metadata(reader: gguf.GGUFReader, path: pathlib.Path) -> ModelC
         max_position_embeddings=int(meta("context_length", 4096)),
         bos_id=int(bos) if bos >= 0 else None,
         eos_id=int(eos) if eos >= 0 else None,
+        sliding_window=sliding_window,
     )
 
 

@@ -43,7 +43,8 @@ def model_shape(name_or_path: str | pathlib.Path) -> ModelConfig:
     text = str(name_or_path)
     preset = _preset(text)
     if preset is not None:
-        return config_from_hf_dict(preset, where=f"preset {text}")
+        fields = {key: value for key, value in preset.items() if key != "hub_id"}  # ours, not HF's
+        return config_from_hf_dict(fields, where=f"preset {text}")
     if text.lower() in SMOLLM2_NAMES:
         return read_gguf_config(find_smollm2_gguf())
     path = pathlib.Path(text).expanduser()

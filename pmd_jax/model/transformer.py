@@ -63,7 +63,8 @@ def attention(
 ) -> jax.Array:
     """Grouped-query self-attention, softmax in float32. impl: ModelConfig.attention_impl.
 
-    q: [B, T, H, Dh]; k, v: [B, T, K, Dh]; self_mask: [B, T, T] bool (causal & padding).
+    q: [B, T, H, Dh]; k, v: [B, T, K, Dh]; self_mask: [B, T, T] bool (causal & padding, & the
+    sliding window where the layer has one: every impl but splash honours any mask).
     Returns [B, T, H, Dh]. "naive" (below) is the reference the library kernels are tested against.
     """
     if impl != "naive":
@@ -88,7 +89,9 @@ def fused_attention(
     if impl in ("xla", "cudnn"):
         if impl == "cudnn" and backend != "gpu":
             raise ValueError(f"attention_impl='cudnn' needs a GPU backend, not {backend!r}")
-        mask = self_mask[:, None]  # [B, 1, T, T], broadcast over heads
+        # [B, 1, T, T], broadcast over heads. Any boolean mask (padding, sliding window): the
+        # xla path masks the logits with it, the cudnn one adds it as a bias.
+        mask = self_mask[:, None]
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
     if impl == "splash":
         if backend != "tpu":
@@ -105,8 +108,10 @@ def splash_attention(
     Shapes as in `fused_attention`; T must be a multiple of 128. Padding enters as segment ids read
     off the last row of `self_mask` (left padding: the last token is real and sees every real key),
     so padded queries attend to padded keys only; their outputs are never used. interpret: run the
-    kernel as a loop (tests on CPU). Inside a program on a mesh (`platform.on_mesh`) the kernel
-    runs once per device under shard_map: XLA cannot partition a Mosaic kernel itself.
+    kernel as a loop (tests on CPU). Any other masking in `self_mask` (a sliding window) is not
+    applied: ModelConfig refuses sliding_window with attention_impl="splash". Inside a program on
+    a mesh (`platform.on_mesh`) the kernel runs once per device under shard_map: XLA cannot
+    partition a Mosaic kernel itself.
     """
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
@@ -172,9 +177,14 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, self_mask):
-        """x: [B, T, D]; positions: [B, T]; self_mask: [B, T, T] -> (x', (k, v) [B, T, K, Dh])."""
+    def __call__(self, x, positions, self_mask, windowed_mask=None, windowed=None):
+        """x: [B, T, D]; positions: [B, T]; self_mask: [B, T, T] -> (x', (k, v) [B, T, K, Dh]).
+
+        With a per-layer sliding window (ModelConfig.sliding_window_layers), windowed_mask
+        [B, T, T] is the windowed mask and windowed (a bool, scanned over layers) picks it."""
         cfg = self.config
+        if windowed_mask is not None:
+            self_mask = jnp.where(windowed, windowed_mask, self_mask)
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype)
         norm = functools.partial(
@@ -231,11 +241,15 @@ class Transformer(nn.Module):
             embedding_init=nn.initializers.normal(0.02),
         )
         block = remat_block(self.remat)
+        # positions and masks are the same for every layer; with a per-layer sliding window the
+        # windowed mask is too, and one flag per layer is scanned.
+        per_layer = cfg.sliding_window_layers is not None
+        in_axes = (nn.broadcast,) * 3 + (0,) if per_layer else (nn.broadcast,) * 2
         self.layers = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=in_axes,
             length=cfg.num_layers,
         )(cfg)
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype)
@@ -250,13 +264,22 @@ class Transformer(nn.Module):
         """tokens, positions: [B, T] int; token_mask: [B, T] bool (False on padding).
 
         Returns final-norm hidden states [B, T, D] and the keys/values [L, B, T, K, Dh] (the
-        sampler's prefill keeps them as its cache). Each token attends causally to real tokens.
+        sampler's prefill keeps them as its cache). Each token attends causally to real tokens,
+        within ModelConfig.sliding_window real tokens on the layers that have one.
         """
+        cfg = self.config
         t = tokens.shape[1]
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         self_mask = causal[None] & token_mask[:, None, :]
         x = self.embed(tokens)
-        x, new_kv = self.layers(x, positions, self_mask)
+        if cfg.sliding_window is None:
+            x, new_kv = self.layers(x, positions, self_mask)
+        elif cfg.sliding_window_layers is None:  # every layer
+            x, new_kv = self.layers(x, positions, self_mask & window_mask(token_mask, cfg))
+        else:
+            windowed = jnp.asarray(cfg.sliding_window_layers, bool)  # [L]
+            window = self_mask & window_mask(token_mask, cfg)
+            x, new_kv = self.layers(x, positions, self_mask, window, windowed)
         return self.final_norm(x), new_kv
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -271,6 +294,16 @@ class Transformer(nn.Module):
         """Touch every parameter (used by `init_params`)."""
         hidden, _ = self(tokens, positions, token_mask)
         return self.logits(hidden)
+
+
+def window_mask(token_mask: jax.Array, config: ModelConfig) -> jax.Array:
+    """[B, T, T] bool: key j is within query i's sliding window, i - window < j <= i counted in
+    real tokens (transformers' `sliding_window_overlay`, on indices that skip padding, so a
+    left-padded row gets the window it would get unpadded). True for every key after the query:
+    combine it with the causal mask. token_mask: [B, T] bool."""
+    real_index = jnp.cumsum(token_mask.astype(jnp.int32), axis=-1)  # [B, T]
+    behind = real_index[:, :, None] - real_index[:, None, :]  # real tokens in (j, i]
+    return behind < config.sliding_window
 
 
 def positions_from_mask(token_mask: jax.Array) -> jax.Array:
