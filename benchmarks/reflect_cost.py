@@ -52,7 +52,13 @@ def main() -> None:
     groups = [[Attempt(*attempt) for attempt in group] for group in stored["groups"]]
     model = load("smollm2-135m-instruct")
     tokenizer, config = model.tokenizer, CONFIG.reflect
-    requests = build_reflection_requests(tokenizer, stored["questions"], groups, config)
+    requests = build_reflection_requests(
+        tokenizer,
+        stored["questions"],
+        groups,
+        config,
+        success_reward=CONFIG.memory.success_reward,
+    )
     prompts = [list(r.prompt_ids) for r in requests[: args.batch]]
     longest = max(len(p) for p in prompts)
     print(f"[reflect_cost] prompt tokens {sorted(len(r.prompt_ids) for r in requests)}")

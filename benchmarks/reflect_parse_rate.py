@@ -32,7 +32,10 @@ from pmd_jax.memory.reflect import (
     reflect,
     select_items,
 )
+from pmd_jax.memory.state import MemoryConfig
 from pmd_jax.model import load
+
+SUCCESS_REWARD = MemoryConfig().success_reward  # the training runs' definition of a success
 
 
 def gold_groups(problems: list[dict]) -> list[list[Attempt]]:
@@ -139,7 +142,9 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
         )
-        requests = build_reflection_requests(model.tokenizer, questions, groups, config)
+        requests = build_reflection_requests(
+            model.tokenizer, questions, groups, config, success_reward=SUCCESS_REWARD
+        )
         start = time.perf_counter()
         rng = jax.random.PRNGKey(args.seed)
         out = reflect(model.params, model.config, model.tokenizer, requests, config, rng)

@@ -1,35 +1,19 @@
 """arith: the embedded default run (`make train`, no EXP): SmolLM2-135M-Instruct trained with PMD
-on the arith curriculum on a CPU, about 15 minutes on 2 cores (measured 13 min 22 s from a fresh
-clone, environment build included, before the teacher change below).
+on the arith curriculum, sized for 2 CPU cores (about 15 minutes), not for the best accuracy.
 
-The sizes are chosen for 2 CPU cores, not for the best final accuracy (README "The default run"
-has the measurements behind them, including that this run does not yet show learning):
-- one- and two-step problems only (the base model solves ~35% / ~8% of them greedily; harder
-  levels give groups without a single success, hence no teacher solution to distil);
-- 8 steps of 4 problems x 4 rollouts at T=0.6 top-p 0.95 (T=1.0 rollouts are almost never right
-  for a 135M model); responses stop after the '#### <answer>' line (at most 80 new tokens);
-  2 problems x 8 rollouts finds more groups with a success (35-53% of rows with signal, not 29%)
-  but ended at 29.7 / 20.3 / 29.7 (26.6 +- 4.4) and peaks 2-3 GB higher;
-- teacher prompts fit 320 tokens, in METHOD's layout (everything in one user message), and the
-  teacher is shown solutions only: no verifier-feedback block, and only rollouts whose teacher
-  sees a correct solution (a sibling's, or a stored one) carry signal
-  (`show_feedback=False, signal_from_memory=False`; memory blocks are still shown on those rows).
-  Shown "your answer 42 is not correct", the 135M teacher answers worse than the student (0 of 64
-  failed rollouts right, the student 6%: experiments/teacher_probe.py), and those rows were most
-  of the signal; shown a correct solution, it answers right more often than the student in this
-  layout (60% vs 50%; 40% in the "system" layout). Three seeds, held-out % at step 8: 28.1 /
-  28.1 / 25.0 (27.1 +- 1.5), against 26.6 / 23.4 / 15.6 with feedback rows in the "system" layout
-  (the default until 2026-12-06; the "system" layout with solutions only: 18.8 on seed 0);
-- lr 5e-6 with 4 micro-batches: at 2e-5 the policy lost 12 points in 8 steps even in the system
-  layout, and at the paper's 1e-5 with feedback rows 11 points (Adam's first steps move every
-  weight by about lr, whatever the gradient's size); with solutions only, 1e-5 ends at 35.9 /
-  20.3 / 20.3 (25.5 +- 7.4): larger moves in both directions;
-- the loss at the rollout temperature (0.6): the sampler records log-probs at 0.6, and the rollout
-  correction compares the trainer's with them (validate.py requires the two to match; until
-  2026-12-06 this run's loss was at 1.0, which weighted tokens 0.87-0.91 on average, unlikely ones
-  up to 2);
+- one- and two-step problems only: the base model solves about 35% / 8% of them greedily, and
+  harder levels give groups without a single success, hence no teacher solution to distil;
+- 8 steps of 4 problems x 4 rollouts at T=0.6 top-p 0.95 (T=1.0 rollouts of a 135M model are
+  almost never right), responses ended after their '#### <answer>' line, at most 80 new tokens;
+- teacher prompts of up to 320 tokens in METHOD's `user` layout, the teacher shown solutions only
+  (no verifier-feedback block; only rows whose teacher sees a correct solution carry signal);
+- lr 5e-6, 4 micro-batches, full remat, the loss at the rollout temperature (validate.py requires
+  the two to match);
 - held-out evaluation: greedy, memory-free, on 64 test problems never trained on, before the
-  first step (the base model) and after the last one.
+  first step and after the last.
+
+The measurements behind each choice, and what the run does and does not learn, are in
+docs/RESULTS.md ("The default run").
 
     make train                                   # = make train EXP=arith
     make train ARGS="--set algorithm=sdpo"       # the same budget and teacher with SDPO
@@ -52,7 +36,9 @@ CONFIG = TrainConfig(
     algorithm="pmd",
     total_steps=8,
     seed=0,
-    model=ModelSpec(name="smollm2-135m-instruct"),
+    # Full remat: the backward pass recomputes each layer instead of keeping its activations
+    # (docs/RESULTS.md, "Full remat": peak RSS 8.15 -> 6.32 GB).
+    model=ModelSpec(name="smollm2-135m-instruct", remat="full"),
     data=DataConfig(
         task="arith",
         arith=ArithConfig(max_steps=2, train_size=128, test_size=64),

@@ -16,7 +16,7 @@ warm-up, teacher prompts up to 2048 tokens.
 
 Mesh: every device on the data axis by default. On a TPU v4-8 (4 chips) or v5e-8 (8 chips) that
 is what you want for a 135M-1.5B model; for larger models shard parameters too, e.g.
-`--set mesh.data=2 --set mesh.fsdp=4` (README "Running on a TPU VM or a GPU box").
+`--set mesh.data=2 --set mesh.fsdp=4` (docs/SCALING.md).
 On a CPU this runs, slowly: the run prints its expected time per step at the start.
 """
 
@@ -51,7 +51,7 @@ CONFIG = TrainConfig(
         num_clusters=8, warmup_steps=10, every_steps=STEPS_PER_EPOCH, prompt_width=2048
     ),
     teacher=TeacherConfig(max_prompt_tokens=2048),
-    loss=LossConfig(alpha=0.5, top_k=100),
+    loss=LossConfig(alpha=0.5, top_k=100, aggregation="seq_mean_token_mean"),  # SDPO averaging
     optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=10, grad_clip=1.0),
     checkpoint=CheckpointConfig(every_steps=50, keep_last=3, keep_best=1),
     eval=EvalSchedule(

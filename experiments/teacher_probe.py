@@ -11,7 +11,7 @@ what tells an informative teacher is the gap between correct and wrong responses
 the teacher's greedy answer from each failed rollout's teacher prompt, scored by the verifier,
 against the student's greedy answer to the same problem, per kind of privileged block (a correct
 sibling, or the verifier's feedback). A teacher no more often right than the student gives the
-student nothing to distil. Not a test; README "Why self-distillation collapsed" quotes it.
+student nothing to distil. Not a test; docs/RESULTS.md "Why self-distillation collapsed" quotes it.
 
     python -m experiments.teacher_probe [--problems 24] [--layouts user,system]
 """
@@ -29,7 +29,7 @@ from experiments.arith import CONFIG
 from pmd_jax import phases
 from pmd_jax.data import pipeline, schema
 from pmd_jax.losses import token_logprobs
-from pmd_jax.memory.teacher import TeacherConfig
+from pmd_jax.memory.teacher import MODE_BLOCKS, TeacherConfig
 from pmd_jax.model import registry
 from pmd_jax.sampling import (
     SampleConfig,
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
         stop_table=answer_line_stop_table(tokenizer),
     )
     rollouts = phases.verify_rollouts(rollouts, VerifierConfig())
-    correct = rollouts.rewards > 0.5
+    correct = rollouts.rewards > CONFIG.memory.success_reward
     print(f"{len(rollouts.texts)} rollouts, {int(correct.sum())} correct")
     golds = [answer for answer in rollouts.answers for _ in range(rollouts.group_size)]
     student_texts = greedy_answers(
@@ -97,8 +97,15 @@ def main(argv=None) -> None:
     width = bucket_length(CONFIG.teacher.max_prompt_tokens, CONFIG.teacher.bucket)
     student = None
     for layout in args.layouts.split(","):
-        config = TeacherConfig(mode="sdpo", max_prompt_tokens=width, layout=layout)
-        teacher = phases.teacher_prompts(tokenizer, rollouts, config, CONFIG.prompt)
+        config = TeacherConfig(max_prompt_tokens=width, layout=layout)
+        teacher = phases.teacher_prompts(
+            tokenizer,
+            rollouts,
+            config,
+            CONFIG.prompt,
+            blocks=MODE_BLOCKS["sdpo"],
+            success_reward=CONFIG.memory.success_reward,
+        )
         arrays = phases.rollout_batch(rollouts, teacher, width, tokenizer.pad_id)
         if student is None:
             student = sampled_token_logprobs(

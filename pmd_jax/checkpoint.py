@@ -3,7 +3,8 @@
 One step directory holds four items:
 - `params`: the student parameters alone (what `restore_params` reads for memory-free eval);
 - `train`: optimizer state, teacher parameters, step counters;
-- `memory`: the MemoryState pytree (absent for GRPO/SDPO runs);
+- `memory`: the MemoryState pytree (absent for GRPO/SDPO runs; an older checkpoint's extra
+  `frozen` leaf is read and dropped);
 - `meta`: JSON: data iterator state, RNG key, the step's metrics, the run config.
 
 Saves are asynchronous (orbax writes in a background thread; the next save or `close` waits).
@@ -23,6 +24,7 @@ import logging
 import pathlib
 from typing import Any
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,13 +140,32 @@ def _restore_step(mngr: ocp.CheckpointManager, step: int, *, params, train, memo
         "train": ocp.args.StandardRestore(_abstract(train)),
         "meta": ocp.args.JsonRestore(),
     }
+    legacy = memory is not None and _has_frozen_leaf(mngr, step)
     if memory is not None:
-        args["memory"] = ocp.args.StandardRestore(jax.tree.map(np.asarray, memory))
+        target = jax.tree.map(np.asarray, memory)
+        if legacy:  # restore into plain dicts with the old leaf, then drop it
+            target = {**flax.serialization.to_state_dict(target), LEGACY_FROZEN: np.asarray(False)}
+        args["memory"] = ocp.args.StandardRestore(target)
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
     memory_out = None
     if memory is not None:  # back on this process's default device, as a fresh memory is
-        memory_out = jax.tree.map(jnp.asarray, restored["memory"])
+        values = restored["memory"]
+        if legacy:
+            values = {k: v for k, v in values.items() if k != LEGACY_FROZEN}
+            values = flax.serialization.from_state_dict(memory, values)
+        memory_out = jax.tree.map(jnp.asarray, values)
     return restored["params"], restored["train"], memory_out, restored["meta"]
+
+
+# Checkpoints written before the RunPlan decided memory updates hold a scalar `frozen` leaf in
+# the memory item (MemoryState.frozen, since removed): restore reads it and drops it.
+LEGACY_FROZEN = "frozen"
+
+
+def _has_frozen_leaf(mngr: ocp.CheckpointManager, step: int) -> bool:
+    tree = mngr.item_metadata(step)["memory"]
+    tree = getattr(tree, "tree", tree)
+    return isinstance(tree, dict) and LEGACY_FROZEN in tree
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:

@@ -42,7 +42,9 @@ class ModelSpec:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; "bfloat16" keeps float32 master weights
     remat: str = "none"  # what each layer recomputes in the backward pass: none | dots | full
-    attention_impl: str = "xla"  # training/prefill attention: naive | xla | cudnn (GPU) | splash (TPU)
+    attention_impl: str = (
+        "xla"  # training/prefill attention: naive | xla | cudnn (GPU) | splash (TPU)
+    )
     # scratch only
     vocab_size: int = 512
     hidden_size: int = 64
@@ -106,7 +108,6 @@ class TrainConfig:
     total_steps: int = 100
     seed: int = 0
     teacher_tau: float = 0.05  # EMA rate of the teacher parameters; 0 = frozen base teacher
-    log_every: int = 1
     tensorboard: bool = True
     progress: bool = True
     model: ModelSpec = ModelSpec()
@@ -140,14 +141,6 @@ class TrainConfig:
             raise ValueError("ablation 'frozen_memory' needs frozen_memory_path (a memory JSON)")
         if self.total_steps < 1:
             raise ValueError(f"TrainConfig.total_steps={self.total_steps} must be >= 1")
-
-    @property
-    def uses_memory(self) -> bool:
-        return self.algorithm == "pmd"
-
-    def level_enabled(self, level: str) -> bool:
-        """level: "exp", "ins" or "beh"."""
-        return self.uses_memory and level in self.granularity.split("+")
 
 
 def load_experiment(name_or_path: str) -> TrainConfig:
@@ -215,15 +208,30 @@ def _parse_value(text: str, kind: Any, key: str) -> Any:
     raise ValueError(f"--set {key}: fields of type {kind} cannot be set from the command line")
 
 
+# Keys that were removed, with what replaces them (`--set` names the replacement).
+REMOVED_KEYS = {
+    "log_every": "it was read nowhere: every step is logged (metrics.jsonl, TensorBoard)",
+    "teacher.mode": (
+        "what the teacher sees is decided by the run plan (pmd_jax/run_plan.py) from algorithm "
+        "and granularity: set algorithm=sdpo for the SDPO teacher, or granularity=exp | exp+ins "
+        "| exp+ins+beh for PMD's levels (--dry-run prints the teacher's blocks)"
+    ),
+}
+
+
 def _parse_path(config: Any, path: Sequence[str], text: str, key: str) -> Any:
     """The parsed value of `key` (checked against the field types along `path`)."""
+    if key in REMOVED_KEYS:
+        raise KeyError(f"--set {key}: this key was removed; {REMOVED_KEYS[key]}")
     if not dataclasses.is_dataclass(config):
         raise KeyError(f"--set {key}: {type(config).__name__} has no fields")
     hints = typing.get_type_hints(type(config))
     names = [f.name for f in dataclasses.fields(config)]
     head = path[0]
     if head not in names:
-        raise KeyError(f"--set {key}: unknown key {head!r} in {type(config).__name__}; have {names}")
+        raise KeyError(
+            f"--set {key}: unknown key {head!r} in {type(config).__name__}; have {names}"
+        )
     current = getattr(config, head)
     if len(path) == 1:
         if dataclasses.is_dataclass(current):

@@ -86,6 +86,57 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def paired_change(
+    base: Sequence[dict[str, Any]],
+    final: Sequence[dict[str, Any]],
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The change of avg@k from `base` to `final` on the same problems, with a paired interval.
+
+    Each problem's score is its mean reward over its k samples; the change is the mean over problems
+    of final - base, and its interval the percentile interval of a paired bootstrap (problems
+    resampled with replacement, both scores of a problem kept together; fixed seed, so the same
+    records give the same interval). `discordant` counts problems whose score went up / down: with
+    greedy eval those are McNemar's b and c. Problems are matched by id; a problem missing from
+    either side is an error, since an unpaired comparison would mix noise into the change.
+    """
+    by_id = {int(r["id"]): float(np.mean(r["rewards"])) for r in base}
+    after = {int(r["id"]): float(np.mean(r["rewards"])) for r in final}
+    if set(by_id) != set(after):
+        raise ValueError(
+            f"paired_change: the two evaluations hold different problems "
+            f"({len(set(by_id) ^ set(after))} ids on one side only)"
+        )
+    ids = sorted(by_id)
+    diff = np.array([after[i] - by_id[i] for i in ids], np.float64)  # [n]
+    n = len(ids)
+    if n == 0:
+        raise ValueError("paired_change: no problems")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(resamples, n))  # [resamples, n]
+    means = diff[picks].mean(axis=1)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {
+        "num_problems": n,
+        "base": float(np.mean([by_id[i] for i in ids])),
+        "final": float(np.mean([after[i] for i in ids])),
+        "change": float(diff.mean()),
+        "low": float(low),
+        "high": float(high),
+        "confidence": confidence,
+        "up": int(np.sum(diff > 0)),
+        "down": int(np.sum(diff < 0)),
+    }
+
+
+def read_records(path: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The per-problem records of an evaluation JSONL (as `evaluate(..., jsonl_path=)` writes)."""
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+
+
 def evaluate(
     params: dict,
     model_config: ModelConfig,

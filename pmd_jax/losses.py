@@ -24,12 +24,21 @@ import jax.numpy as jnp
 from jax import lax
 
 DIVERGENCE_IMPLS = ("jax", "pallas")
+# How a loss averages its per-token terms x[n, t] over the mask m[n, t] of N rows (`aggregate`):
+#   token_mean:          sum_nt m x / sum_nt m                      (one mean over all tokens)
+#   seq_mean_token_mean: 1/N sum_n (sum_t m x / sum_t m)            (SDPO / verl's released runs)
+#   seq_mean_token_sum:  1/N sum_n sum_t m x                        (verl's seq-mean-token-sum)
+# N counts every row of the batch: a row with no tokens in the mask (no teacher signal, empty
+# response) adds 0 to the sum and still counts in N.
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum")
 
-
-# Metrics of the losses that are not token means (how gradient accumulation combines them):
-# counts add up over micro-batches; row means weigh each micro-batch by its rows, not its tokens.
+# How gradient accumulation combines the losses' metrics (`metric_weighting`): counts add up
+# over micro-batches; row means weigh each micro-batch by its share of rows; LOSS_METRICS follow
+# the loss's aggregation (token share under token_mean, row share otherwise); every other
+# metric is a token mean, weighed by the micro-batch's share of the loss's tokens.
 COUNT_METRICS = ("distill/token_count", "grpo/token_count")
 ROW_MEAN_METRICS = ("distill/signal_fraction", "grpo/advantage_abs")
+LOSS_METRICS = ("distill/loss", "grpo/policy_loss", "grpo/kl_ref", "grpo/entropy", "grpo/loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +50,11 @@ class LossConfig:
     temperature: float = 1.0  # logits are divided by this before every log-softmax
     is_clip: float = 2.0  # cap of the importance ratio exp(logp_now - logp_old)
     rollout_correction_clip: float = 2.0  # cap of exp(logp_old - logp_sampler)
-    tail_epsilon: float = 1e-6  # the tail bucket keeps at least this much probability
+    # The tail bucket keeps at least this much probability. SDPO clamps at ~1e-7; 1e-6 is kept
+    # because float32 top-k masses carry ~4e-7 absolute rounding error, so tails below ~1e-6
+    # are noise (METHOD section 6). tail_epsilon=1e-7 gives SDPO's clamp (to ~1e-14).
+    tail_epsilon: float = 1e-6
+    aggregation: str = "token_mean"  # how per-token terms become the loss: AGGREGATIONS
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float = 3.0
@@ -70,6 +83,10 @@ class LossConfig:
             raise ValueError(
                 f"LossConfig.divergence_impl={self.divergence_impl!r}: use one of {DIVERGENCE_IMPLS}"
             )
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"LossConfig.aggregation={self.aggregation!r}: use one of {AGGREGATIONS}"
+            )
         if self.divergence_impl == "pallas" and self.top_k is None:
             raise ValueError("LossConfig.divergence_impl='pallas' needs top_k (not None)")
 
@@ -90,6 +107,34 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     mask = mask.astype(bool)
     count = jnp.sum(mask.astype(values.dtype))
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(count, 1.0)
+
+
+def aggregate(values: jax.Array, mask: jax.Array, aggregation: str) -> jax.Array:
+    """Per-token terms [N, T] over `mask` [N, T] -> scalar, by `aggregation` (AGGREGATIONS).
+
+    Masked-out terms (NaN included) contribute 0 with zero gradient; an empty mask gives 0. The
+    row modes divide by N, all rows: rows without masked tokens count as 0.
+    """
+    mask = mask.astype(bool)
+    if aggregation == "token_mean":
+        return _masked_mean(values, mask)
+    row_sums = jnp.sum(jnp.where(mask, values, 0.0), axis=-1)
+    if aggregation == "seq_mean_token_sum":
+        return jnp.mean(row_sums)
+    if aggregation == "seq_mean_token_mean":
+        row_counts = jnp.sum(mask.astype(row_sums.dtype), axis=-1)
+        return jnp.mean(row_sums / jnp.maximum(row_counts, 1.0))
+    raise ValueError(f"aggregation={aggregation!r}: use one of {AGGREGATIONS}")
+
+
+def metric_weighting(key: str, aggregation: str) -> str:
+    """How accumulation combines metric `key` over micro-batches: "count" (summed), "row"
+    (weighed by rows) or "token" (weighed by the loss's tokens); see COUNT_METRICS."""
+    if key in COUNT_METRICS:
+        return "count"
+    if key in ROW_MEAN_METRICS or (key in LOSS_METRICS and aggregation != "token_mean"):
+        return "row"
+    return "token"
 
 
 def _log1mexp(x: jax.Array) -> jax.Array:
@@ -154,7 +199,7 @@ def distill_divergence(
     if top_k is None:
         raise ValueError("distill_divergence impl='pallas' needs top_k (not None)")
     # Imported here: the kernel module reuses this module's divergence math.
-    from kernels.distill_divergence import pallas_topk_divergence
+    from pmd_jax.kernels.distill_divergence import pallas_topk_divergence
 
     return pallas_topk_divergence(student_logits, teacher_logits, **settings)
 
@@ -268,14 +313,16 @@ def _distill_from_token_stats(
     sampler_logprobs: jax.Array | None,
     config: LossConfig,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted token mean of the divergence [N, T] and its metrics (shared by both entry points)."""
+    """Weighted divergence [N, T] aggregated by config.aggregation, and its metrics (shared by
+    both entry points). Metrics other than the loss, the signal fraction and the count are
+    token means whatever the aggregation."""
     mask = response_mask.astype(bool) & sample_mask.astype(bool)[:, None]
     now = lax.stop_gradient(student_logprobs)
     old = now if student_logprobs_old is None else student_logprobs_old
     is_weight = jnp.minimum(jnp.exp(jnp.where(mask, now - old, 0.0)), config.is_clip)
     weight = is_weight * rollout_correction(old, sampler_logprobs, mask, config)
     weight = lax.stop_gradient(weight)
-    loss = _masked_mean(weight * divergence, mask)
+    loss = aggregate(weight * divergence, mask, config.aggregation)
     metrics = {
         "distill/loss": loss,
         "distill/divergence": _masked_mean(lax.stop_gradient(divergence), mask),
@@ -317,7 +364,8 @@ def self_distillation_loss(
     sampler_logprobs: jax.Array | None,
     config: LossConfig,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """SDPO/PMD loss on full logits: weighted token mean of the per-token divergence.
+    """SDPO/PMD loss on full logits: the weighted per-token divergence, aggregated over the
+    tokens with signal by config.aggregation (default: one token mean over the batch).
 
     student_logits, teacher_logits: [N, T, V]; tokens, response_mask: [N, T]; sample_mask: [N]
     (the sample has a teacher signal); student_logprobs_old, sampler_logprobs: [N, T] or None
@@ -399,7 +447,8 @@ def grpo_loss(
     ref_logprobs: jax.Array | None = None,
     entropy: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Dr.GRPO clipped policy-gradient loss (dual clip, rollout correction, token mean).
+    """Dr.GRPO clipped policy-gradient loss (dual clip, rollout correction); the policy, KL and
+    entropy terms are each aggregated over the response tokens by config.aggregation.
 
     logprobs, old_logprobs, sampler_logprobs, response_mask, ref_logprobs, entropy: [N, T];
     rewards: [N], rows prompt-major (b * J + j). Returns (loss scalar, metrics).
@@ -419,7 +468,7 @@ def grpo_loss(
         advantages < 0, jnp.minimum(per_token, -advantages * config.dual_clip), per_token
     )
     weight = rollout_correction(old_logprobs, sampler_logprobs, mask, config)
-    policy_loss = _masked_mean(weight * per_token, mask)
+    policy_loss = aggregate(weight * per_token, mask, config.aggregation)
     loss = policy_loss
     metrics = {
         "grpo/policy_loss": policy_loss,
@@ -432,11 +481,12 @@ def grpo_loss(
     }
     if ref_logprobs is not None:
         ref_log_ratio = jnp.where(mask, ref_logprobs - logprobs, 0.0)
-        kl = _masked_mean(jnp.exp(ref_log_ratio) - ref_log_ratio - 1.0, mask)  # k3 estimator
+        k3 = jnp.exp(ref_log_ratio) - ref_log_ratio - 1.0  # the k3 KL estimator, per token
+        kl = aggregate(k3, mask, config.aggregation)
         loss = loss + config.kl_coef * kl
         metrics["grpo/kl_ref"] = lax.stop_gradient(kl)
     if entropy is not None:
-        mean_entropy = _masked_mean(entropy, mask)
+        mean_entropy = aggregate(entropy, mask, config.aggregation)
         loss = loss - config.entropy_coef * mean_entropy
         metrics["grpo/entropy"] = lax.stop_gradient(mean_entropy)
     metrics["grpo/loss"] = loss

@@ -35,7 +35,7 @@ from pmd_jax.memory.state import (
     read_problem,
 )
 from pmd_jax.memory.teacher import (
-    MemoryView,
+    DROPPABLE_BLOCKS,
     TeacherBatch,
     TeacherConfig,
     build_teacher_prompts,
@@ -269,41 +269,34 @@ def maybe_evolve(
     return output.state, stats, output.centroids
 
 
-def granular_views(views: list[MemoryView], insights: bool, behaviours: bool) -> list[MemoryView]:
-    """Hide the levels a granularity ablation leaves out."""
-    return [
-        dataclasses.replace(
-            view,
-            strategies=view.strategies if insights else (),
-            lessons=view.lessons if insights else (),
-            behaviours=view.behaviours if behaviours else (),
-        )
-        for view in views
-    ]
-
-
 def teacher_prompts(
     tokenizer,
     rollouts: Rollouts,
     config: TeacherConfig,
     prompt_config: PromptConfig,
     *,
+    blocks: Sequence[str] = DROPPABLE_BLOCKS,
     memory: MemoryState | None = None,
     memory_config: MemoryConfig | None = None,
     question_embeddings: jax.Array | None = None,
-    insights: bool = True,
-    behaviours: bool = True,
+    success_reward: float | None = None,
 ) -> TeacherBatch:
-    """Teacher prompt ids per rollout: SDPO without memory, PMD with the problem's views."""
+    """Teacher prompt ids per rollout, showing only `blocks` (a run's `RunPlan.teacher_blocks`):
+    from the group alone without `memory` (SDPO), else also from the problem's memory views
+    (behaviours retrieved only when shown). A sibling with reward > success_reward is a correct
+    solution: pass it, or `memory_config`, whose `success_reward` it then is."""
+    if success_reward is None:
+        if memory_config is None:
+            raise ValueError("teacher_prompts: pass success_reward or memory_config")
+        success_reward = memory_config.success_reward
     views = None
     if memory is not None:
         indices = None
-        if behaviours and config.num_behaviours > 0:
+        if "behaviours" in blocks and config.num_behaviours > 0:
             queries = np.asarray(question_embeddings)[rollouts.problem_ids]
             indices, _, _ = ops.retrieve_behaviours(memory, queries, config.num_behaviours)
             indices = np.asarray(indices)
         views = memory_views(memory, memory_config, tokenizer, rollouts.problem_ids, indices)
-        views = granular_views(views, insights, behaviours)
     return build_teacher_prompts(
         tokenizer,
         rollouts.questions,
@@ -314,6 +307,8 @@ def teacher_prompts(
         config,
         system_prompt(prompt_config),
         group_size=rollouts.group_size,
+        success_reward=success_reward,
+        blocks=blocks,
         chat_format=prompt_config.chat_format,
     )
 

@@ -99,7 +99,7 @@ def expected_cost(
         f"reflection decode, update; behaviour evolution and evals extra: "
         f"~{seconds * config.total_steps / 3600:.1f} h for the steps), after "
         f"~{embed / 60:.0f} min embedding the {num_questions} train questions: CPU runs are "
-        f"for smoke tests; use an accelerator for real runs (README: TPU VM / GPU box)"
+        f"for smoke tests; use an accelerator for real runs (README: accelerators)"
     )
 
 
@@ -129,8 +129,7 @@ def summary(workdir: pathlib.Path, config: TrainConfig) -> str:
             label = "base   " if record["step"] == 0 else f"step {record['step']:<3d}"
             lines.append(f"  {label} {100 * record['eval/avg_at_k']:5.1f}%")
         if len(evals) > 1 and evals[0]["step"] == 0:
-            delta = 100 * (evals[-1]["eval/avg_at_k"] - evals[0]["eval/avg_at_k"])
-            lines.append(f"  change {delta:+5.1f} points (base -> step {evals[-1]['step']})")
+            lines.extend(_change_lines(workdir, evals[-1]["step"]))
     lines.append(
         f"metrics: {workdir / 'metrics.jsonl'} (TensorBoard: {workdir / 'tb'}), "
         f"checkpoints: {workdir / 'checkpoints'}"
@@ -138,3 +137,34 @@ def summary(workdir: pathlib.Path, config: TrainConfig) -> str:
     if (workdir / "report.html").exists():
         lines.append(f"memory report: {workdir / 'report.html'}")
     return "\n".join(lines)
+
+
+# Above this half-width (points) the summary says the change cannot be told from noise.
+NOISE_HALF_WIDTH = 6.0
+
+
+def _change_lines(workdir: pathlib.Path, step: int) -> list[str]:
+    """The base -> `step` change with its paired 95% interval, also written to summary.json."""
+    from pmd_jax.evaluate import paired_change, read_records
+
+    base_path, final_path = workdir / "eval" / "step_0.jsonl", workdir / "eval" / f"step_{step}.jsonl"
+    if not (base_path.exists() and final_path.exists()):
+        return [f"  change: no per-problem records under {workdir / 'eval'}"]
+    change = paired_change(read_records(base_path), read_records(final_path))
+    change["step"] = step
+    (workdir / "summary.json").write_text(json.dumps(change, indent=2) + "\n")
+    delta, low, high = (100 * change[key] for key in ("change", "low", "high"))
+    lines = [
+        f"  change {delta:+5.1f} points (base -> step {step}), 95% interval [{low:+.1f}, "
+        f"{high:+.1f}] (paired bootstrap over {change['num_problems']} problems: "
+        f"{change['up']} up, {change['down']} down)"
+    ]
+    half_width = (high - low) / 2
+    if low <= 0 <= high:
+        lines.append("  the interval holds 0: this change is within noise")
+    if half_width > NOISE_HALF_WIDTH:
+        lines.append(
+            f"  the interval is +-{half_width:.1f} points, wider than +-{NOISE_HALF_WIDTH:.0f}: "
+            f"evaluate more problems (--set eval.num_problems=N) to resolve a change this size"
+        )
+    return lines

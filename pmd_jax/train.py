@@ -4,8 +4,10 @@
 
 One step (METHOD section 2): sample J rollouts per prompt -> verify -> update experience ->
 reflect (insights) -> maybe evolve behaviours -> build teacher contexts -> jit'd sharded update
-(teacher log-probs, loss, AdamW, EMA teacher). GRPO skips the memory and teacher phases, SDPO
-the memory phases.
+(teacher log-probs, loss, AdamW, EMA teacher). Which phases run, and what the teacher sees, is
+the run's `RunPlan` (pmd_jax/run_plan.py), decided once from the config: GRPO skips the memory
+and teacher phases, SDPO the memory phases, the ablations and granularities what their plan says.
+`--dry-run` prints the resolved config and the plan, and writes nothing.
 
 The run directory holds `config.json`, `metrics.jsonl` (one JSON object per step),
 TensorBoard events under `tb/`, orbax checkpoints under `checkpoints/`, a decoded memory
@@ -24,6 +26,7 @@ the memory are compared across processes (`multihost.check_consistent`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +34,7 @@ import pathlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -56,7 +59,7 @@ from pmd_jax.memory.export import (
     memory_to_json,
     save_memory_json,
 )
-from pmd_jax.memory.state import clear, init_memory, memory_sizes, set_frozen
+from pmd_jax.memory.state import clear, init_memory, memory_sizes
 from pmd_jax.memory.teacher import teacher_stats
 from pmd_jax.model import registry
 from pmd_jax.model.scratch import scratch_model
@@ -68,12 +71,13 @@ from pmd_jax.run_log import (
     summary,
     write_memory_report,
 )
+from pmd_jax.run_plan import RunPlan, describe, run_plan
 from pmd_jax.sampling import SampleConfig, answer_line_stop_table, bucket_length
 from pmd_jax.train_step import RolloutBatch, StepConfig, init_train_state, make_train_step
-from pmd_jax.validate import validate_lengths, validate_run
+from pmd_jax.validate import ConfigError, validate_lengths, validate_run
 
-CRASH_ENV = "PMD_CRASH_AFTER_STEP"  # tests: exit hard (no cleanup) after this step
-# Failure drills (tests, README "Failure modes"): SIGKILL at "<point>:<step>" / NaN gradients.
+CRASH_ENV = "PMD_CRASH_AFTER_STEP"  # tests (CLI only): exit hard (no cleanup) after this step
+# Failure drills (tests, docs/OPERATIONS.md): SIGKILL at "<point>:<step>" / NaN gradients.
 CRASH_AT_ENV = "PMD_CRASH_AT"
 CRASH_POINTS = ("mid_step", "after_checkpoint", "during_save")
 NAN_GRAD_ENV = "PMD_NAN_GRAD_AT_STEP"
@@ -97,11 +101,36 @@ def _crash_drill(point: str, step: int, manager=None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _crash_after_hook() -> Callable[[int, dict[str, float]], None] | None:
+    """$PMD_CRASH_AFTER_STEP=N: an `on_step` hook that exits hard (no cleanup, pending saves
+    may be lost) after step N, as a killed job would."""
+    crash_after = int(os.environ.get(CRASH_ENV, "0"))
+    if not crash_after:
+        return None
+
+    def hook(step: int, metrics: dict[str, float]) -> None:
+        if step == crash_after:
+            os._exit(17)
+
+    return hook
+
+
+@contextlib.contextmanager
+def timed(times: dict[str, float], name: str) -> Iterator[None]:
+    """times[name] = wall seconds of the block."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[name] = time.perf_counter() - start
+
+
 @dataclasses.dataclass
 class Run:
-    """What a run sets up once: model, data, memory, mesh, compiled step."""
+    """What a run sets up once: its plan, model, data, memory, mesh, compiled step."""
 
     config: TrainConfig
+    plan: RunPlan
     workdir: pathlib.Path
     model_config: Any
     tokenizer: Any
@@ -137,6 +166,7 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
     """Build everything; returns (run, params, memory) before any resume."""
     multihost.initialize(config.mesh)
     validate_run(config, jax.device_count())  # every config problem, before any compute
+    plan = run_plan(config)
     mesh = sharding.make_mesh(config.mesh)
     # Process 0 prepares the TFDS directories (and trains a scratch tokenizer) first.
     problems = multihost.primary_first(
@@ -184,7 +214,7 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         stop_table = answer_line_stop_table(tokenizer)
     optimizer = make_optimizer(config.optimizer, config.total_steps)
     step_config = StepConfig(
-        algorithm=config.algorithm,
+        algorithm=plan.algorithm,
         loss=config.loss,
         group_size=rollout.num_samples,
         micro_batches=config.optimizer.micro_batches,
@@ -195,15 +225,14 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         nan_grad_at_step=int(os.environ.get(NAN_GRAD_ENV, "0")),
     )
     memory = None
-    if config.uses_memory:
-        if config.ablation == "frozen_memory":
-            data = load_memory_json(config.frozen_memory_path)
-            memory = memory_from_json(data, memory_config, tokenizer, embed_fn=embed_fn)
-            memory = set_frozen(memory, True)
-        else:
-            memory = init_memory(memory_config)
+    if plan.load_memory_from:
+        data = load_memory_json(plan.load_memory_from)
+        memory = memory_from_json(data, memory_config, tokenizer, embed_fn=embed_fn)
+    elif plan.uses_memory:
+        memory = init_memory(memory_config)
     run = Run(
         config=config,
+        plan=plan,
         workdir=workdir,
         model_config=model_config,
         tokenizer=tokenizer,
@@ -252,7 +281,7 @@ def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
         "eval/pass_at_k": summary["pass_at_k"],
         "eval/num_problems": len(run.eval_problems),
     }
-    if memory is not None and schedule.with_memory:
+    if run.plan.eval_with_memory:
         with_memory = evaluate(
             params,
             run.model_config,
@@ -325,6 +354,7 @@ def _save(run: Run, manager, step: int, state, memory, iterator, centroids, metr
             step=step,
             problem_texts={p: run.problems[p]["question"] for p in range(len(run.problems))},
         )
+        snapshot["frozen"] = not run.plan.updates_memory  # the report marks a frozen memory
         save_memory_json(run.workdir / "memory" / f"memory_step_{step}.json", snapshot)
 
 
@@ -355,97 +385,6 @@ def _memory_metrics(memory, memory_config) -> dict[str, float]:
     return metrics
 
 
-def _remember(run: Run, step: int, memory, rollouts):
-    """Experience update (METHOD step 3) -> (memory, metrics, changed [B] bool, times)."""
-    config = run.config
-    if config.ablation == "pmd_transient":
-        memory = clear(memory, run.memory_config, keep_behaviours=False)
-    if not config.level_enabled("exp"):
-        return memory, {}, None, {}
-    start = time.perf_counter()
-    memory, stats, changed = phases.remember(
-        memory,
-        run.memory_config,
-        run.encoder_params,
-        run.model_config,
-        run.tokenizer,
-        rollouts,
-        step,
-        run.mesh,
-    )
-    return memory, stats, changed, {"time/memory_remember": time.perf_counter() - start}
-
-
-def _reflect_and_evolve(
-    run: Run, step: int, memory, rollouts, changed, reflector, reflect_rng, evolve_rng, centroids
-):
-    """Insights of the changed groups, then the behaviour bank on its cadence (METHOD steps 4-5)
-    -> (memory, metrics, centroids, times)."""
-    config = run.config
-    metrics: dict[str, float] = {}
-    times: dict[str, float] = {}
-    if changed is not None and config.level_enabled("ins"):
-        start = time.perf_counter()
-        memory, stats, _ = phases.reflect_on_groups(
-            memory,
-            run.memory_config,
-            reflector,
-            run.model_config,
-            run.tokenizer,
-            rollouts,
-            changed,
-            config.reflect,
-            run.embed_fn,
-            reflect_rng,
-            step,
-            run.mesh,
-        )
-        metrics.update(stats)
-        times["time/memory_reflect"] = time.perf_counter() - start
-    if config.level_enabled("beh"):
-        start = time.perf_counter()
-        memory, stats, centroids = phases.maybe_evolve(
-            memory,
-            run.memory_config,
-            reflector,
-            run.model_config,
-            run.tokenizer,
-            [p["question"] for p in run.problems],
-            run.question_embeddings,
-            rollouts,
-            config.behaviours,
-            run.embed_fn,
-            evolve_rng,
-            step,
-            centroids,
-            run.mesh,
-        )
-        metrics.update(stats)
-        times["time/memory_evolve"] = time.perf_counter() - start
-    return memory, metrics, centroids, times
-
-
-def _teacher_batch(run: Run, rollouts, memory):
-    """Teacher contexts of the rollouts (METHOD step 6): None for GRPO; SDPO's have no memory."""
-    config = run.config
-    if config.algorithm == "sdpo":
-        sdpo = dataclasses.replace(config.teacher, mode="sdpo")
-        return phases.teacher_prompts(run.tokenizer, rollouts, sdpo, config.prompt)
-    if config.algorithm == "pmd":
-        return phases.teacher_prompts(
-            run.tokenizer,
-            rollouts,
-            config.teacher,
-            config.prompt,
-            memory=memory,
-            memory_config=run.memory_config,
-            question_embeddings=run.question_embeddings,
-            insights=config.level_enabled("ins"),
-            behaviours=config.level_enabled("beh"),
-        )
-    return None
-
-
 def release_free_heap() -> None:
     """Give the C heap's free pages back to the OS (glibc `malloc_trim`; elsewhere a no-op).
 
@@ -474,49 +413,90 @@ _LIBC = _load_libc()
 
 
 def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
-    """The host phases and the update of one step -> (state, memory, metrics, centroids)."""
-    config = run.config
+    """The host phases and the update of one step, as the run's plan says -> (state, memory,
+    metrics, centroids)."""
+    config, plan = run.config, run.plan
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     sample_rng, reflect_rng, evolve_rng = jax.random.split(rng, 3)
     times: dict[str, float] = {}
     metrics: dict[str, float] = {}
 
-    start = time.perf_counter()
-    rollouts = phases.sample_rollouts(
-        state.params,
-        run.model_config,
-        run.tokenizer,
-        batch,
-        config.prompt,
-        run.sample_config,
-        sample_rng,
-        stop_table=run.stop_table,
-        width=run.prompt_width,
-        mesh=run.mesh,
-        waves=config.rollout.waves,
-    )
-    times["time/sample"] = time.perf_counter() - start
+    with timed(times, "time/sample"):
+        rollouts = phases.sample_rollouts(
+            state.params,
+            run.model_config,
+            run.tokenizer,
+            batch,
+            config.prompt,
+            run.sample_config,
+            sample_rng,
+            stop_table=run.stop_table,
+            width=run.prompt_width,
+            mesh=run.mesh,
+            waves=config.rollout.waves,
+        )
     _crash_drill("mid_step", step)
 
-    start = time.perf_counter()
-    rollouts = phases.verify_rollouts(rollouts, config.verifier)
-    times["time/verify"] = time.perf_counter() - start
+    with timed(times, "time/verify"):
+        rollouts = phases.verify_rollouts(rollouts, config.verifier)
 
-    start = time.perf_counter()
-    if memory is not None:
-        if config.ablation != "frozen_memory":
-            memory, stats, changed, part_times = _remember(run, step, memory, rollouts)
+    # Memory (METHOD steps 3-5): experience, insights of the changed problems, behaviours.
+    with timed(times, "time/memory"):
+        if plan.reset_memory_each_step:
+            memory = clear(memory, run.memory_config, keep_behaviours=False)
+        # reflect.reflector="base": reflect and evolve with the initial params, not the policy
+        reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
+        if plan.remember:
+            with timed(times, "time/memory_remember"):
+                memory, stats, changed = phases.remember(
+                    memory,
+                    run.memory_config,
+                    run.encoder_params,
+                    run.model_config,
+                    run.tokenizer,
+                    rollouts,
+                    step,
+                    run.mesh,
+                )
             metrics.update(stats)
-            times.update(part_times)
-            # reflect.reflector="base": reflect and evolve with the initial params, not the policy
-            reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
-            memory, stats, centroids, part_times = _reflect_and_evolve(
-                run, step, memory, rollouts, changed, reflector, reflect_rng, evolve_rng, centroids
-            )
+        if plan.reflect:
+            with timed(times, "time/memory_reflect"):
+                memory, stats, _ = phases.reflect_on_groups(
+                    memory,
+                    run.memory_config,
+                    reflector,
+                    run.model_config,
+                    run.tokenizer,
+                    rollouts,
+                    changed,
+                    config.reflect,
+                    run.embed_fn,
+                    reflect_rng,
+                    step,
+                    run.mesh,
+                )
             metrics.update(stats)
-            times.update(part_times)
-        metrics.update(_memory_metrics(memory, run.memory_config))
-    times["time/memory"] = time.perf_counter() - start
+        if plan.evolve:
+            with timed(times, "time/memory_evolve"):
+                memory, stats, centroids = phases.maybe_evolve(
+                    memory,
+                    run.memory_config,
+                    reflector,
+                    run.model_config,
+                    run.tokenizer,
+                    [p["question"] for p in run.problems],
+                    run.question_embeddings,
+                    rollouts,
+                    config.behaviours,
+                    run.embed_fn,
+                    evolve_rng,
+                    step,
+                    centroids,
+                    run.mesh,
+                )
+            metrics.update(stats)
+        if plan.uses_memory:
+            metrics.update(_memory_metrics(memory, run.memory_config))
     # Multi-host: every process must hold the same rollouts and memory (no-op on one process).
     multihost.check_consistent(
         step,
@@ -526,22 +506,34 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
         },
     )
 
-    start = time.perf_counter()
-    teacher = _teacher_batch(run, rollouts, memory)
-    if teacher is not None:
-        metrics.update(teacher_stats(teacher))
-    times["time/teacher"] = time.perf_counter() - start
+    # Teacher contexts (METHOD step 6): only the plan's blocks; none for GRPO.
+    teacher = None
+    with timed(times, "time/teacher"):
+        if plan.teacher:
+            teacher = phases.teacher_prompts(
+                run.tokenizer,
+                rollouts,
+                config.teacher,
+                config.prompt,
+                blocks=plan.teacher_blocks,
+                memory=memory if plan.teacher_reads_memory else None,
+                memory_config=run.memory_config,
+                question_embeddings=run.question_embeddings,
+                success_reward=plan.success_reward,
+            )
+            metrics.update(teacher_stats(teacher))
 
-    start = time.perf_counter()
-    if config.ablation != "frozen_policy":
-        arrays = phases.rollout_batch(rollouts, teacher, run.teacher_width, run.tokenizer.pad_id)
-        release_free_heap()  # the update's temporaries are one new block: make room for it
-        state, step_metrics = compiled(state, sharding.shard_batch(arrays, run.mesh))
-        metrics.update({k: float(v) for k, v in jax.device_get(step_metrics).items()})
-    times["time/update"] = time.perf_counter() - start
+    with timed(times, "time/update"):
+        if plan.update_policy:
+            arrays = phases.rollout_batch(
+                rollouts, teacher, run.teacher_width, run.tokenizer.pad_id
+            )
+            release_free_heap()  # the update's temporaries are one new block: make room for it
+            state, step_metrics = compiled(state, sharding.shard_batch(arrays, run.mesh))
+            metrics.update({k: float(v) for k, v in jax.device_get(step_metrics).items()})
 
     metrics["reward/mean"] = float(np.mean(rollouts.rewards))
-    metrics["reward/accuracy"] = float(np.mean(rollouts.rewards > 0.5))
+    metrics["reward/accuracy"] = float(np.mean(rollouts.rewards > plan.success_reward))
     metrics["response/length_mean"] = float(np.mean(rollouts.lengths))
     metrics.update(times)
     # time/memory_* split time/memory (remember, reflect, evolve); they are not added again.
@@ -565,7 +557,7 @@ def train(
     multihost.barrier("workdir")
     run, params, memory = setup(config, workdir)
     state = init_train_state(
-        params, run.optimizer, config.algorithm, run.step_config.loss_spike_window
+        params, run.optimizer, run.plan.algorithm, run.step_config.loss_spike_window
     )
     # Every process holds the same values: each fills its own devices' shards (copies: the
     # loaded params are dropped here, the encoder has its own, and the update donates these).
@@ -578,7 +570,6 @@ def train(
         state, memory, start_step, centroids = _restore(run, manager, state, memory, iterator)
     writer = MetricsWriter(workdir, start_step, config.tensorboard) if primary else NullWriter()
     compiled = None
-    crash_after = int(os.environ.get(CRASH_ENV, "0"))
     bar = tqdm(
         total=config.total_steps,
         initial=start_step,
@@ -593,7 +584,7 @@ def train(
             writer.write(0, _eval(run, state.params, 0, memory))
         for step in range(start_step + 1, config.total_steps + 1):
             batch = next(iterator)
-            if compiled is None and config.ablation != "frozen_policy":
+            if compiled is None and run.plan.update_policy:
                 compiled = _compile(run, state)
             state, memory, metrics, centroids = _one_step(
                 run, step, state, memory, batch, compiled, centroids
@@ -615,8 +606,6 @@ def train(
             )
             if on_step is not None:
                 on_step(step, metrics)
-            if crash_after and step == crash_after:
-                os._exit(17)  # simulate a killed job: no cleanup, pending saves may be lost
     finally:
         bar.close()
         manager.wait_until_finished()
@@ -658,13 +647,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config (no model or data download), print it and the run plan, write "
+        "nothing; exit 0, or non-zero with the problems",
+    )
     return parser.parse_args(argv)
+
+
+def dry_run(config: TrainConfig) -> str:
+    """The resolved config as JSON and the run plan, after every check that needs neither the
+    model nor the data (raises ConfigError with every problem otherwise). Writes nothing."""
+    validate_run(config, jax.device_count())
+    lines = [json.dumps(to_dict(config), indent=2), f"run plan of {config.name}:"]
+    lines += [f"  {line}" for line in describe(run_plan(config))]
+    lines.append(
+        "checked: the config against itself, the data and memory files and "
+        f"{jax.device_count()} local device(s); not checked (they need the tokenizer and the "
+        "model): prompt and generation lengths against the longest tokenized prompt and the "
+        "model's positions (the run checks them before its first step)"
+    )
+    if multihost.cluster_args(config.mesh) is not None:
+        lines.append("multi-host config: the mesh was checked against this host's devices only")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    if args.dry_run:
+        try:
+            config = apply_overrides(load_experiment(args.exp), args.set)
+            print(dry_run(config), flush=True)
+        except (ConfigError, ValueError, KeyError, TypeError, FileNotFoundError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"config error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        return {}
     config = apply_overrides(load_experiment(args.exp), args.set)
-    return train(config, args.workdir)
+    return train(config, args.workdir, on_step=_crash_after_hook())
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ from jax import lax
 
 from pmd_jax import sharding
 from pmd_jax.losses import (
-    COUNT_METRICS,
-    ROW_MEAN_METRICS,
     LossConfig,
     grpo_loss,
+    metric_weighting,
     self_distillation_loss_from_hidden,
     token_logprobs,
 )
@@ -186,6 +185,14 @@ def loss_token_count(batch: RolloutBatch, algorithm: str) -> jax.Array:
     return jnp.sum(mask.astype(jnp.float32))
 
 
+def loss_denominator(batch: RolloutBatch, algorithm: str, aggregation: str) -> jax.Array:
+    """What the loss of `batch` divides by (LossConfig.aggregation): its tokens (token_mean) or
+    its rows, all of them, rows without signal or tokens included (the row modes)."""
+    if aggregation == "token_mean":
+        return loss_token_count(batch, algorithm)
+    return jnp.asarray(batch.rewards.shape[0], jnp.float32)
+
+
 def _split_micro(batch: RolloutBatch, parts: int, group_size: int) -> RolloutBatch:
     rows = batch.rewards.shape[0]
     if rows % (parts * group_size):
@@ -200,33 +207,42 @@ def _accumulator_dtype(dtype) -> jnp.dtype:
 def accumulated_grads(
     params, teacher_params, batch: RolloutBatch, model_config: ModelConfig, config: StepConfig
 ):
-    """Gradients of the token mean over the whole batch, summed over micro-batches.
+    """Gradients of the whole batch's loss, summed over micro-batches.
 
-    Each micro-batch loss is a token mean over its own tokens, so its gradient is weighted by
-    its share of the batch's tokens: the sum equals the gradient of the full-batch token mean.
+    Each micro-batch loss divides by its own `loss_denominator` (its tokens under token_mean,
+    its rows under the row modes), so its gradient is weighted by its share of the batch's
+    denominator: the sum equals the gradient of the full-batch loss. Under the row modes that
+    share is 1 / micro_batches (whole groups, equal rows), whatever tokens a part holds.
     The sum is kept in float32 (or wider) whatever the parameter dtype, so bfloat16 parameters
     accumulate without rounding each part; the optimizer receives those float32 gradients.
-    Metrics combine the same way, except COUNT_METRICS (summed) and ROW_MEAN_METRICS (a plain
-    mean over the equal-sized micro-batches), so every metric equals the one-batch value.
+    Metrics combine by `metric_weighting`: counts summed, row means (and the loss metrics under
+    a row mode) by row share, token means by token share, so every metric equals the one-batch
+    value.
     """
     grad_fn = jax.value_and_grad(batch_loss, has_aux=True)
     if config.micro_batches == 1:
         (loss, metrics), grads = grad_fn(params, teacher_params, batch, model_config, config)
         return loss, metrics, grads
     micro = _split_micro(batch, config.micro_batches, config.group_size)
-    total = jnp.maximum(loss_token_count(batch, config.algorithm), 1.0)
+    aggregation = config.loss.aggregation
+    total = jnp.maximum(loss_denominator(batch, config.algorithm, aggregation), 1.0)
+    total_tokens = jnp.maximum(loss_token_count(batch, config.algorithm), 1.0)
     row_weight = 1.0 / config.micro_batches
 
     def body(carry, part):
         loss_sum, metric_sum, grad_sum = carry
         (loss, metrics), grads = grad_fn(params, teacher_params, part, model_config, config)
-        weight = loss_token_count(part, config.algorithm) / total
+        weight = loss_denominator(part, config.algorithm, aggregation) / total
         grad_sum = jax.tree.map(lambda g, x: g + weight * x.astype(g.dtype), grad_sum, grads)
-        metric_weights = {
-            key: 1.0 if key in COUNT_METRICS else row_weight if key in ROW_MEAN_METRICS else weight
+        by_kind = {
+            "count": 1.0,
+            "row": row_weight,
+            "token": loss_token_count(part, config.algorithm) / total_tokens,
+        }
+        metric_sum = {
+            key: metric_sum[key] + by_kind[metric_weighting(key, aggregation)] * metrics[key]
             for key in metrics
         }
-        metric_sum = {key: metric_sum[key] + metric_weights[key] * metrics[key] for key in metrics}
         return (loss_sum + weight * loss, metric_sum, grad_sum), None
 
     first = jax.tree.map(lambda x: x[0], micro)
@@ -334,6 +350,7 @@ def make_train_step(
     """jit(train_step) with explicit in/out shardings for `state`/`batch`-shaped inputs.
 
     The state is donated: its buffers are reused for the new state."""
+
     def step(state, batch):
         with on_mesh(mesh):  # kernels XLA cannot partition run per device (splash attention)
             return train_step(

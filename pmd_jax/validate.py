@@ -23,6 +23,7 @@ from typing import Any
 
 from pmd_jax.config import TrainConfig
 from pmd_jax.data import gsm8k, pipeline
+from pmd_jax.run_plan import run_plan
 from pmd_jax.sampling import bucket_length, logprob_temperature
 from pmd_jax.sharding import AXES, BATCH_AXES
 
@@ -138,14 +139,15 @@ def _rollout_errors(config: TrainConfig) -> Iterator[str]:
     for name in ("num_samples", "prompt_bucket", "waves"):
         if getattr(rollout, name) < 1:
             yield _line(f"rollout.{name}", getattr(rollout, name), "must be >= 1", "set it >= 1")
-    if config.algorithm == "grpo" and rollout.num_samples < 2:
+    plan = run_plan(config)
+    if plan.loss == "grpo" and rollout.num_samples < 2:
         yield _line(
             "rollout.num_samples",
             rollout.num_samples,
             "GRPO advantages compare rollouts of a prompt, so one gives zero gradient",
             "set rollout.num_samples >= 2",
         )
-    if config.algorithm == "grpo" and rollout.temperature == 0 and rollout.num_samples > 1:
+    if plan.loss == "grpo" and rollout.temperature == 0 and rollout.num_samples > 1:
         yield _line(
             "rollout.temperature",
             0.0,
@@ -153,7 +155,7 @@ def _rollout_errors(config: TrainConfig) -> Iterator[str]:
             "set rollout.temperature > 0",
         )
     for prefix in ("reflect", "behaviours"):
-        if config.uses_memory:
+        if plan.uses_memory:
             yield from _sampling_errors(prefix, getattr(config, prefix))
     sampler_temperature = logprob_temperature(rollout.temperature)
     if rollout.temperature >= 0 and config.loss.temperature != sampler_temperature:
@@ -218,8 +220,9 @@ def _length_errors(
     """Sequence lengths against each other and, when known, the model's positions."""
     new_tokens = config.rollout.max_new_tokens
     teacher_width = bucket_length(config.teacher.max_prompt_tokens, config.teacher.bucket)
+    plan = run_plan(config)
     if longest_prompt is not None:
-        if config.algorithm != "grpo" and config.teacher.max_prompt_tokens <= longest_prompt:
+        if plan.teacher and config.teacher.max_prompt_tokens <= longest_prompt:
             # The teacher prompt holds the student's whole problem plus headers and a closing.
             yield _line(
                 "teacher.max_prompt_tokens",
@@ -230,7 +233,7 @@ def _length_errors(
     if max_positions is None:
         return
     sequences = []
-    if config.algorithm != "grpo":  # GRPO builds no teacher prompt
+    if plan.teacher:  # GRPO builds no teacher prompt
         sequences.append(
             ("rollout.max_new_tokens", new_tokens, "the padded teacher prompt", teacher_width)
         )
@@ -240,7 +243,7 @@ def _length_errors(
         sequences.append(
             ("eval.max_new_tokens", config.eval.max_new_tokens, "the padded student prompt", width)
         )
-    if config.level_enabled("beh"):
+    if plan.evolve:
         behaviours = config.behaviours
         sequences.append(
             (
@@ -263,7 +266,7 @@ def _length_errors(
 
 def _memory_errors(config: TrainConfig) -> Iterator[str]:
     new_tokens, response_len = config.rollout.max_new_tokens, config.memory.response_len
-    if config.uses_memory and response_len < new_tokens:
+    if run_plan(config).uses_memory and response_len < new_tokens:
         # fit_ids keeps the head of a response: the '#### answer' line at its end would be cut.
         yield _line(
             "memory.response_len",
@@ -292,8 +295,8 @@ def _data_errors(config: TrainConfig) -> Iterator[str]:
         )
     if data.task == "gsm8k":
         yield from _gsm8k_errors(config)
-    path = config.frozen_memory_path
-    if config.ablation == "frozen_memory" and path and not pathlib.Path(path).is_file():
+    path = run_plan(config).load_memory_from
+    if path and not pathlib.Path(path).is_file():
         yield _line("frozen_memory_path", path, "no such file", "point it at a memory JSON")
 
 
@@ -345,7 +348,7 @@ def _eval_errors(config: TrainConfig) -> Iterator[str]:
             yield _line(f"eval.{name}", getattr(schedule, name), "must be >= 1", "set it >= 1")
     if schedule.every_steps < 0:
         yield _line("eval.every_steps", schedule.every_steps, "must be >= 0", "0 = end only")
-    if schedule.with_memory and not config.uses_memory:
+    if schedule.with_memory and not run_plan(config).uses_memory:
         yield _line(
             "eval.with_memory",
             True,

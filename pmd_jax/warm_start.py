@@ -185,7 +185,11 @@ def demonstrations(problems: Sequence[dict], config, tokenizer, rng: np.random.G
         bad = (wrong_text, 0.0, verify(wrong_text, str(problem["answer"])).feedback)
         group = [[good, bad], [good, good], [bad, bad]][int(rng.integers(3))]
         request = build_reflection_requests(
-            tokenizer, [problem["question"]], [group], config.reflect
+            tokenizer,
+            [problem["question"]],
+            [group],
+            config.reflect,
+            success_reward=config.memory.success_reward,
         )[0]
         text = _reflection_text(problem, request.case, config.reflect.output_format)
         if not text.startswith(request.response_prefix):

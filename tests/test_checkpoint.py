@@ -17,10 +17,33 @@ def _trees(scale: float):
     return params, train
 
 
+def test_an_old_checkpoint_with_the_frozen_memory_leaf_restores_without_it(tmp_path):
+    """Before the RunPlan, MemoryState had a scalar `frozen` leaf; such checkpoints restore."""
+    import flax.serialization
+
+    memory_config = MemoryConfig(num_problems=3, embed_dim=4, behaviour_slots=5)
+    memory = init_memory(memory_config)
+    memory = memory.replace(behaviours=memory.behaviours.replace(alive=jnp.ones(5, bool)))
+    old = {**flax.serialization.to_state_dict(memory), "frozen": jnp.asarray(True)}
+    params, train = _trees(2.0)
+    manager = checkpoint.manager(tmp_path, checkpoint.CheckpointConfig(async_save=False))
+    checkpoint.save(manager, 2, params=params, train=train, memory=old, meta={"step": 2})
+    manager.wait_until_finished()
+    zeros = jax.tree.map(jnp.zeros_like, (params, train, init_memory(memory_config)))
+    _, _, got, meta = checkpoint.restore(
+        manager, None, params=zeros[0], train=zeros[1], memory=zeros[2]
+    )
+    assert type(got) is type(memory) and meta["step"] == 2
+    for want, leaf in zip(jax.tree.leaves(memory), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(want))
+    assert not (tmp_path / "2.corrupt").exists()
+    manager.close()
+
+
 def test_round_trip_restores_every_item_exactly(tmp_path):
     memory_config = MemoryConfig(num_problems=3, embed_dim=4, behaviour_slots=5)
     memory = init_memory(memory_config)
-    memory = memory.replace(frozen=jnp.asarray(True))
+    memory = memory.replace(behaviours=memory.behaviours.replace(alive=jnp.ones(5, bool)))
     params, train = _trees(3.0)
     meta = {"data": {"next_index": 12}, "rng": np.asarray([7, 9], np.uint32), "loss": np.float32(1)}
     manager = checkpoint.manager(tmp_path, checkpoint.CheckpointConfig(async_save=True))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pmd_jax.config import TrainConfig, apply_overrides, load_experiment, to_dict
+from pmd_jax.memory.teacher import DROPPABLE_BLOCKS, MODE_BLOCKS
+from pmd_jax.run_plan import describe, run_plan
 
 
 def test_overrides_parse_each_field_type():
@@ -51,9 +53,10 @@ def test_ablations_check_their_requirements():
         TrainConfig(algorithm="sdpo", ablation="pmd_transient")
     with pytest.raises(ValueError, match="frozen_memory_path"):
         TrainConfig(ablation="frozen_memory")
-    config = TrainConfig(granularity="exp+ins")
-    assert config.level_enabled("ins") and not config.level_enabled("beh")
-    assert not TrainConfig(algorithm="grpo").level_enabled("exp")
+    plan = run_plan(TrainConfig(granularity="exp+ins"))
+    assert plan.reflect and not plan.evolve and "behaviours" not in plan.teacher_blocks
+    grpo = run_plan(TrainConfig(algorithm="grpo"))
+    assert not (grpo.uses_memory or grpo.remember) and grpo.teacher_blocks is None
 
 
 def test_experiments_load_and_unknown_ones_are_listed():
@@ -70,3 +73,51 @@ def test_overrides_validate_together_not_one_by_one():
     )
     assert config.ablation == "frozen_memory" and config.frozen_memory_path == "/tmp/m.json"
     assert apply_overrides(TrainConfig(), ["seed=1", "seed=2"]).seed == 2
+
+
+EXP_BLOCKS = ("stored_solution", "sibling_solution", "feedback")
+
+
+@pytest.mark.parametrize(
+    "overrides, want",
+    [
+        (["algorithm=grpo"], dict(loss="grpo", uses_memory=False, teacher_blocks=None)),
+        (
+            ["algorithm=sdpo"],
+            dict(loss="distill", uses_memory=False, remember=False, reflect=False, evolve=False,
+                 teacher_blocks=MODE_BLOCKS["sdpo"], teacher_reads_memory=False),
+        ),
+        (
+            [],
+            dict(loss="distill", uses_memory=True, remember=True, reflect=True, evolve=True,
+                 teacher_blocks=DROPPABLE_BLOCKS, reset_memory_each_step=False,
+                 update_policy=True, load_memory_from=""),
+        ),
+        (["ablation=pmd_transient"], dict(reset_memory_each_step=True, remember=True)),
+        (["ablation=frozen_policy"], dict(update_policy=False, remember=True)),
+        (
+            ["ablation=frozen_memory", "frozen_memory_path=/m.json"],
+            dict(load_memory_from="/m.json", remember=False, reflect=False, evolve=False,
+                 update_policy=True, teacher_blocks=DROPPABLE_BLOCKS),
+        ),
+        (["granularity=exp"], dict(reflect=False, evolve=False, teacher_blocks=EXP_BLOCKS)),
+        (
+            ["granularity=exp+ins"],
+            dict(reflect=True, evolve=False,
+                 teacher_blocks=("stored_solution", "lessons", "strategies", *EXP_BLOCKS[1:])),
+        ),
+        (["eval.with_memory=true"], dict(eval_with_memory=True)),
+        (["memory.success_reward=0.9"], dict(success_reward=0.9)),
+    ],
+)  # fmt: skip
+def test_run_plan_of_each_run_type(overrides, want):
+    plan = run_plan(apply_overrides(TrainConfig(), overrides))
+    assert {key: getattr(plan, key) for key in want} == want
+    assert len(describe(plan)) >= 4
+
+
+def test_removed_keys_are_refused_naming_the_replacement():
+    with pytest.raises(KeyError, match=r"teacher.mode: this key was removed.*granularity="):
+        apply_overrides(TrainConfig(), ["teacher.mode=sdpo"])
+    with pytest.raises(KeyError, match="log_every: this key was removed"):
+        apply_overrides(TrainConfig(), ["log_every=5"])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pmd_jax.losses import (
+    AGGREGATIONS,
     LossConfig,
     distill_divergence,
     group_advantages,
@@ -53,10 +54,23 @@ def _np_token_logprobs(logits, tokens, temperature):
     return np.take_along_axis(_np_log_softmax(logits / temperature), tokens[..., None], -1)[..., 0]
 
 
+def _np_coefficients(mask, aggregation):
+    """c [N, T] with loss = sum c * term: token mean, or the mean over all N rows of each row's
+    token mean / token sum (rows without tokens count as 0)."""
+    mask = mask.astype(np.float64)
+    if aggregation == "token_mean":
+        return mask / max(mask.sum(), 1.0)
+    if aggregation == "seq_mean_token_mean":
+        return mask / np.maximum(mask.sum(1, keepdims=True), 1.0) / mask.shape[0]
+    assert aggregation == "seq_mean_token_sum", aggregation
+    return mask / mask.shape[0]
+
+
 def _np_distill_terms(student_logits, teacher_logits, inputs, cfg, weight=None):
     """Per-token contributions [N, T] whose sum is the loss, and the (detached) weights [N, T].
 
     weight=None computes the weights at `student_logits`; pass them to hold them fixed.
+    The contributions follow cfg.aggregation.
     """
     mask = inputs["response_mask"] & inputs["sample_mask"][:, None]
     if weight is None:
@@ -65,7 +79,7 @@ def _np_distill_terms(student_logits, teacher_logits, inputs, cfg, weight=None):
             np.exp(inputs["old"] - inputs["sampler"]), cfg.rollout_correction_clip
         )
     div = _np_divergence(student_logits, teacher_logits, cfg.alpha, cfg.top_k, cfg.temperature)
-    return np.where(mask, weight * div, 0.0) / max(mask.sum(), 1), weight
+    return np.where(mask, weight * div, 0.0) * _np_coefficients(mask, cfg.aggregation), weight
 
 
 def _complex_step_grad(terms_fn, x):
@@ -102,7 +116,7 @@ def _np_grpo_terms(logprobs, inputs, cfg):
     loss = loss * np.minimum(np.exp(inputs["old"] - inputs["sampler"]), cfg.rollout_correction_clip)
     kl = np.exp(inputs["ref"] - logprobs) - (inputs["ref"] - logprobs) - 1
     loss = loss + cfg.kl_coef * kl - cfg.entropy_coef * inputs["entropy"]
-    return np.where(mask, loss, 0.0) / max(mask.sum(), 1)
+    return np.where(mask, loss, 0.0) * _np_coefficients(mask, cfg.aggregation)
 
 
 # ---------------------------------------------------------------- inputs
@@ -256,6 +270,36 @@ def test_self_distillation_loss_and_gradient_match_numpy_float64(alpha, top_k):
     np.testing.assert_allclose(metrics["distill/teacher_logprob"], teacher_lp[mask].mean(), 1e-6)
 
 
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_each_aggregation_matches_numpy_float64_on_ragged_rows(aggregation):
+    """Rows: full, without signal, empty response, ragged. Loss value and student gradient vs
+    numpy float64 of the mode's formula; metrics other than the loss stay token means."""
+    inputs = _distill_inputs(seed=2)
+    inputs["response_mask"][2] = False
+    cfg = LossConfig(alpha=0.5, top_k=5, temperature=0.8, aggregation=aggregation)
+    with jax.enable_x64(True):
+        loss_fn = _jax_distill_loss(cfg, inputs)
+        value_and_grad = _jit_value_and_grad(loss_fn, has_aux=True)
+        (loss, metrics), grad = value_and_grad(
+            jnp.asarray(inputs["student"]), jnp.asarray(inputs["teacher"])
+        )
+    terms, weight = _np_distill_terms(inputs["student"], inputs["teacher"], inputs, cfg)
+    np.testing.assert_allclose(loss, terms.sum(), rtol=1e-10)
+    frozen = lambda s: _np_distill_terms(s, inputs["teacher"], inputs, cfg, weight)[0]
+    np.testing.assert_allclose(
+        grad, _complex_step_grad(frozen, inputs["student"]), rtol=1e-8, atol=1e-14
+    )
+    assert metrics["distill/loss"] == loss
+    mask = inputs["response_mask"] & inputs["sample_mask"][:, None]
+    div = _np_divergence(inputs["student"], inputs["teacher"], 0.5, 5, 0.8)
+    np.testing.assert_allclose(metrics["distill/divergence"], div[mask].mean(), rtol=1e-10)
+
+
+def test_unknown_aggregation_is_refused_by_name():
+    with pytest.raises(ValueError, match="LossConfig.aggregation='seq-mean-token-mean'"):
+        LossConfig(aggregation="seq-mean-token-mean")
+
+
 def test_all_masked_batch_gives_zero_loss_and_zero_gradients():
     inputs = _distill_inputs()
     inputs["sample_mask"] = np.zeros(N, bool)
@@ -308,7 +352,7 @@ def test_token_logprobs_matches_full_log_softmax_with_ragged_chunks():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def _from_hidden_and_full(t=7, chunk=3, alpha=0.5, top_k=5):
+def _from_hidden_and_full(t=7, chunk=3, alpha=0.5, top_k=5, aggregation="token_mean"):
     student_h, teacher_h, student_w, teacher_w, tokens = _hidden_inputs(t=t)
     rng = np.random.default_rng(5)
     rest = (
@@ -316,7 +360,7 @@ def _from_hidden_and_full(t=7, chunk=3, alpha=0.5, top_k=5):
         jnp.asarray([True, True, False, True]),
         jnp.asarray(-3.0 + rng.standard_normal((N, t)), jnp.float32),
         jnp.asarray(-3.0 + rng.standard_normal((N, t)), jnp.float32),
-        LossConfig(alpha=alpha, top_k=top_k),
+        LossConfig(alpha=alpha, top_k=top_k, aggregation=aggregation),
     )
     chunked = lambda h, w: self_distillation_loss_from_hidden(
         h, teacher_h, w, teacher_w, tokens, *rest, chunk=chunk
@@ -325,8 +369,9 @@ def _from_hidden_and_full(t=7, chunk=3, alpha=0.5, top_k=5):
     return chunked, full, student_h, student_w
 
 
-def test_chunked_distillation_loss_matches_full_logits_loss():
-    chunked, full, student_h, student_w = _from_hidden_and_full()
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_chunked_distillation_loss_matches_full_logits_loss(aggregation):
+    chunked, full, student_h, student_w = _from_hidden_and_full(aggregation=aggregation)
     value_c, grads_c = _jit_value_and_grad(chunked, argnums=(0, 1))(student_h, student_w)
     value_f, grads_f = _jit_value_and_grad(full, argnums=(0, 1))(student_h, student_w)
     np.testing.assert_allclose(value_c, value_f, rtol=1e-5)
@@ -361,11 +406,17 @@ def test_chunked_distillation_gradient_never_builds_full_logits():
 
 @pytest.mark.parametrize(
     "cfg",
-    [LossConfig(), LossConfig(std_normalise=True, kl_coef=0.1, entropy_coef=0.01)],
-    ids=["dr_grpo", "std_kl_entropy"],
+    [
+        LossConfig(),
+        LossConfig(std_normalise=True, kl_coef=0.1, entropy_coef=0.01),
+        LossConfig(kl_coef=0.1, entropy_coef=0.01, aggregation="seq_mean_token_mean"),
+        LossConfig(kl_coef=0.1, entropy_coef=0.01, aggregation="seq_mean_token_sum"),
+    ],
+    ids=["dr_grpo", "std_kl_entropy", "seq_mean_token_mean", "seq_mean_token_sum"],
 )
 def test_grpo_loss_and_gradient_match_numpy_float64(cfg):
     g = _grpo_inputs()
+    g["response_mask"][1] = False  # an empty response: 0 in the row modes' mean over N rows
     with jax.enable_x64(True):
         fn = lambda lp: grpo_loss(
             lp, jnp.asarray(g["old"]), jnp.asarray(g["sampler"]), jnp.asarray(g["rewards"]), J,

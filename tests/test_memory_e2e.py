@@ -75,7 +75,7 @@ def test_one_group_through_memory_to_the_teacher(smollm2_gguf_path):
     teacher = phases.teacher_prompts(
         tokenizer,
         rollouts,
-        TeacherConfig(mode="full"),
+        TeacherConfig(),
         PromptConfig(),
         memory=memory,
         memory_config=memory_config,
@@ -84,7 +84,7 @@ def test_one_group_through_memory_to_the_teacher(smollm2_gguf_path):
     assert teacher.prompt_tokens.shape[0] == 8 and teacher.has_signal.all()
     text = tokenizer.decode(teacher.prompt_tokens[0][teacher.prompt_mask[0]].tolist())
     assert problem.question in text
-    successes = rollouts.rewards > 0.5
+    successes = rollouts.rewards > memory_config.success_reward
     if successes.sum() >= 2 or (successes.any() and not successes.all()):
         # A failed rollout (or a success with a sibling success) is shown a correct solution.
         row = int(np.flatnonzero(~successes)[0]) if not successes.all() else 0

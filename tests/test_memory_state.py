@@ -43,7 +43,6 @@ class ReferenceMemory:
         self.experience = [[None] * config.experience_slots for _ in range(config.num_problems)]
         self.insight = [[None] * config.insight_slots for _ in range(config.num_problems)]
         self.bank = [None] * config.behaviour_slots
-        self.frozen = False
         self.ambiguous = False
 
     def _place(self, slots, pool, item, threshold):
@@ -73,7 +72,7 @@ class ReferenceMemory:
         return mem.INSERTED_EVICTING, victim
 
     def insert(self, level: str, problem_id: int, item: dict):
-        if self.frozen or not 0 <= problem_id < self.config.num_problems:
+        if not 0 <= problem_id < self.config.num_problems:
             return mem.SKIPPED, -1
         slots = getattr(self, level)[problem_id]
         if level == "experience":
@@ -92,7 +91,7 @@ class ReferenceMemory:
         return status, slot
 
     def act(self, op: int, item: dict):
-        if self.frozen or op not in (mem.NEW, mem.UPDATE, mem.REMOVE) or not item["name"]:
+        if op not in (mem.NEW, mem.UPDATE, mem.REMOVE) or not item["name"]:
             return mem.SKIPPED, -1
         known = [i for i, entry in enumerate(self.bank) if entry and entry["name"] == item["name"]]
         if op == mem.REMOVE:
@@ -111,11 +110,10 @@ class ReferenceMemory:
         return status, slot
 
     def clear(self, keep_behaviours: bool):
-        if not self.frozen:
-            bank, ambiguous = self.bank, self.ambiguous
-            self.__init__(self.config, self.exact)
-            self.bank = bank if keep_behaviours else self.bank
-            self.ambiguous = ambiguous
+        bank, ambiguous = self.bank, self.ambiguous
+        self.__init__(self.config, self.exact)
+        self.bank = bank if keep_behaviours else self.bank
+        self.ambiguous = ambiguous
 
     def expected_state(self) -> mem.MemoryState:
         """The arrays a MemoryState holding exactly these items must have."""
@@ -147,7 +145,7 @@ class ReferenceMemory:
                         table.updated_step[index] = item["step"]
                     else:
                         table.occupied[index], table.step[index] = True, item["step"]
-        return expected.replace(frozen=np.asarray(self.frozen))
+        return expected
 
 
 def assert_state_equal(state: mem.MemoryState, expected: mem.MemoryState):
@@ -203,8 +201,8 @@ class Generator:
         # an older step now and then: the only way a new item can lose the age tie-break
         step = int(self.rng.integers(self.step + 1)) if self.rng.random() < 0.1 else self.step
         kind = self.rng.choice(
-            ["exp1", "expN", "ins1", "insN", "act", "freeze", "clear"],
-            p=[0.2, 0.3, 0.1, 0.15, 0.17, 0.05, 0.03],
+            ["exp1", "expN", "ins1", "insN", "act", "clear"],
+            p=[0.25, 0.3, 0.1, 0.15, 0.17, 0.03],
         )
         n = {"exp1": 1, "expN": GROUP, "ins1": 1, "insN": INSIGHTS, "act": ACTIONS}.get(kind, 0)
         op = {
@@ -253,9 +251,6 @@ def _unit64(vector) -> np.ndarray:
 def apply_both(state, ref: ReferenceMemory, op: dict, config=CONFIG):
     """Apply one random operation to the jit'd state and the reference -> (state, got, want)."""
     kind, step = op["kind"], op["step"]
-    if kind == "freeze":
-        ref.frozen = op["flag"]
-        return mem.set_frozen(state, op["flag"]), None, None
     if kind == "clear":
         ref.clear(op["flag"])
         return mem.clear(state, config, keep_behaviours=op["flag"]), None, None
@@ -404,7 +399,7 @@ def random_state(seed: int, mode: str = "gaussian", length: int = 30):
     generator, ref, state = Generator(seed, mode), ReferenceMemory(CONFIG), mem.init_memory(CONFIG)
     for _ in range(length):
         op = generator.operation()
-        if op["kind"] not in ("freeze", "clear"):
+        if op["kind"] != "clear":
             state, _, _ = apply_both(state, ref, op)
     return state, generator
 
@@ -440,27 +435,6 @@ def test_retrieval_returns_true_top_k_over_alive_entries():
                 gaps = np.diff([sims[i] for i in order])
                 if not np.any((gaps < 0) & (gaps > -AMBIGUITY)):  # no float near-tie
                     assert indices[b, : len(order)].tolist() == order
-
-
-def test_frozen_memory_never_changes():
-    state, generator = random_state(3000)
-    current = mem.set_frozen(state, True)
-    snapshot = jax.tree.map(np.asarray, current)  # update ops donate their input state
-    for _ in range(40):
-        op = generator.operation()
-        if op["kind"] == "freeze":
-            continue
-        current, got, _ = apply_both(current, ReferenceMemory(CONFIG), op)
-        if got is not None:
-            assert np.all(np.asarray(got.status) == mem.SKIPPED)
-            assert np.all(np.asarray(got.slot) == -1)
-    assert_state_equal(current, snapshot)
-    thawed = mem.set_frozen(current, False)
-    e0 = np.eye(CONFIG.embed_dim)[0]
-    thawed, outcome = mem.insert_experience(
-        thawed, CONFIG, 0, np.ones(5), 5, 1.0, np.ones(3), 0, e0, 99
-    )
-    assert int(outcome.status) != mem.SKIPPED
 
 
 def test_clear_empties_experience_and_insight():

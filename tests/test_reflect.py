@@ -273,14 +273,18 @@ def test_stored_success_turns_an_all_wrong_group_contrastive():
 
 def test_requests_end_with_the_primed_response(arith_tokenizer):
     config = LINES
-    requests = build_reflection_requests(arith_tokenizer, [Q, Q], [_group(), _group()[2:]], config)
+    requests = build_reflection_requests(
+        arith_tokenizer, [Q, Q], [_group(), _group()[2:]], config, success_reward=0.5
+    )
     assert [r.case for r in requests] == ["contrastive", "lessons"]
     assert [r.response_prefix for r in requests] == ["STRATEGY:", "LESSON:"]
     prefix_ids = arith_tokenizer.encode("LESSON:")
     assert list(requests[1].prompt_ids[-len(prefix_ids) :]) == prefix_ids
     unprimed = ReflectConfig(output_format="lines", prime_response=False)
     assert response_prefix("lessons", unprimed) == ""
-    ids = build_reflection_requests(arith_tokenizer, [Q], [_group()[2:]], unprimed)[0].prompt_ids
+    ids = build_reflection_requests(
+        arith_tokenizer, [Q], [_group()[2:]], unprimed, success_reward=0.5
+    )[0].prompt_ids
     assert list(ids) == list(requests[1].prompt_ids[: -len(prefix_ids)])
 
 
@@ -300,7 +304,9 @@ def test_reflect_stats_add_up_with_a_stubbed_sampler(monkeypatch, arith_tokenize
     monkeypatch.setattr(reflect_module, "generate_texts", fake_generate_texts)
     config = ReflectConfig(output_format="lines", batch_size=4)
     groups = [_group(), _group(), [Attempt("#### 1", 1.0)]]
-    requests = build_reflection_requests(arith_tokenizer, [Q] * 3, groups, config)
+    requests = build_reflection_requests(
+        arith_tokenizer, [Q] * 3, groups, config, success_reward=0.5
+    )
     result = reflect(None, None, arith_tokenizer, requests, config, jax.random.PRNGKey(0))
     assert calls[0][0] == 3 and calls[0][2]["batch_size"] == 4
     assert calls[0][1].temperature == 0.6 and calls[0][1].num_samples == 1
@@ -403,7 +409,7 @@ def test_reflect_with_smollm2_stats_add_up():
     ]
     config = ReflectConfig(max_new_tokens=64, batch_size=2)
     requests = build_reflection_requests(
-        model.tokenizer, [p.question for p in problems], groups, config
+        model.tokenizer, [p.question for p in problems], groups, config, success_reward=0.5
     )
     result = reflect(
         model.params, model.config, model.tokenizer, requests, config, jax.random.PRNGKey(0)
@@ -425,7 +431,9 @@ def test_json_primed_reflection_parses_prefix_plus_continuation(monkeypatch, ari
         "generate_texts",
         lambda *args, **kwargs: [f' {{"title": "Units", "content": "{C3}"}}]}} Done.'],
     )
-    requests = build_reflection_requests(arith_tokenizer, [Q], [_group()[2:]], config)
+    requests = build_reflection_requests(
+        arith_tokenizer, [Q], [_group()[2:]], config, success_reward=0.5
+    )
     assert requests[0].response_prefix == '{"lessons": ['
     result = reflect(None, None, arith_tokenizer, requests, config, jax.random.PRNGKey(0))
     assert result.items_per_request == [(L("Units", C3),)]

@@ -95,7 +95,8 @@ GOLDEN = {  # mode -> (user message of row 0, of row 1)
 }
 
 
-def _build(tokenizer, responses, rewards, feedback, views, **config):
+def _build(tokenizer, responses, rewards, feedback, views, mode="full", **config):
+    """The prompts of one problem's group, showing the blocks of preset `mode`."""
     return build_teacher_prompts(
         tokenizer,
         [QUESTION],
@@ -106,6 +107,8 @@ def _build(tokenizer, responses, rewards, feedback, views, **config):
         TeacherConfig(**config),
         SYSTEM,
         group_size=len(responses),
+        success_reward=0.5,
+        blocks=teacher.MODE_BLOCKS[mode],
     )
 
 
@@ -323,7 +326,7 @@ def _check_no_role_opens(tokenizer, question, texts, rewards):
         stored_successes=(stored,),
     )
     markers = [tokenizer.token_id(piece) for piece in CHAT_MARKERS]
-    for config in (TeacherConfig(), TeacherConfig(mode="sdpo")):
+    for blocks in (teacher.MODE_BLOCKS["full"], teacher.MODE_BLOCKS["sdpo"]):
         batch = build_teacher_prompts(
             tokenizer,
             [question],
@@ -331,9 +334,11 @@ def _check_no_role_opens(tokenizer, question, texts, rewards):
             rewards,
             [feedback, feedback],
             [view] * 2,
-            config,
+            TeacherConfig(),
             SYSTEM,
             group_size=2,
+            success_reward=0.5,
+            blocks=blocks,
         )
         for row in range(2):
             ids = _unpadded(batch, row)
@@ -412,6 +417,7 @@ def test_per_problem_inputs_equal_per_rollout_inputs(arith_tokenizer):
         config,
         SYSTEM,
         group_size=2,
+        success_reward=0.5,
     )
     per_rollout = build_teacher_prompts(
         arith_tokenizer,
@@ -421,6 +427,7 @@ def test_per_problem_inputs_equal_per_rollout_inputs(arith_tokenizer):
         config,
         SYSTEM,
         group_size=2,
+        success_reward=0.5,
     )
     assert per_problem.texts == per_rollout.texts
     np.testing.assert_array_equal(per_problem.prompt_tokens, per_rollout.prompt_tokens)
@@ -432,8 +439,13 @@ def test_per_problem_inputs_equal_per_rollout_inputs(arith_tokenizer):
 
 
 def test_bad_inputs_raise_clear_errors(arith_tokenizer):
-    with pytest.raises(ValueError, match="mode='grpo'"):
-        TeacherConfig(mode="grpo")
+    with pytest.raises(TypeError, match="mode"):
+        TeacherConfig(mode="sdpo")  # removed: the run plan picks the blocks (`blocks=`)
+    with pytest.raises(ValueError, match=r"unknown blocks \['solution'\]"):
+        build_teacher_prompts(
+            arith_tokenizer, [QUESTION], [RIGHT], [1.0], [""], [VIEW], TeacherConfig(), SYSTEM,
+            group_size=1, success_reward=0.5, blocks=("solution", "feedback"),
+        )  # fmt: skip
     with pytest.raises(ValueError, match="drop_order"):
         TeacherConfig(drop_order=("behaviours",))
     with pytest.raises(ValueError, match="needs memory views"):
@@ -446,9 +458,11 @@ def test_bad_inputs_raise_clear_errors(arith_tokenizer):
             [1.0] * 3,
             [""] * 3,
             None,
-            TeacherConfig(mode="sdpo"),
+            TeacherConfig(),
             SYSTEM,
             group_size=2,
+            success_reward=0.5,
+            blocks=teacher.MODE_BLOCKS["sdpo"],
         )
     with pytest.raises(ValueError, match="3 questions for 4 rollouts"):
         build_teacher_prompts(
@@ -458,9 +472,11 @@ def test_bad_inputs_raise_clear_errors(arith_tokenizer):
             [1.0] * 4,
             [""] * 4,
             None,
-            TeacherConfig(mode="sdpo"),
+            TeacherConfig(),
             SYSTEM,
             group_size=2,
+            success_reward=0.5,
+            blocks=teacher.MODE_BLOCKS["sdpo"],
         )
 
 
@@ -602,9 +618,11 @@ def test_system_layout_with_nothing_shown_is_the_student_prompt(arith_tokenizer)
         [1.0],
         [""],
         None,
-        TeacherConfig(mode="sdpo", layout="system"),
+        TeacherConfig(layout="system"),
         system_prompt(config),
         group_size=1,
+        success_reward=0.5,
+        blocks=teacher.MODE_BLOCKS["sdpo"],
     )
     student = format_prompts(arith_tokenizer, [QUESTION], config)[0]
     assert _unpadded(batch, 0) == list(student.ids)

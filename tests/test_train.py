@@ -19,6 +19,9 @@ import pytest
 from pmd_jax import checkpoint
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs that check the loop's mechanics (checkpoints, resume, baselines), not what the memory
+# learns, start from the random scratch model: no warm start to pay in the fast tier.
+NO_WARM_START = "model.warm_start_steps=0"
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +79,7 @@ def _ok(done):
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
 
 
+@pytest.mark.slow  # pays the tiny model's warm start (about 5 min on 2 cores, then cached)
 def test_tiny_pmd_via_make_fills_all_three_memory_levels(train_env, tmp_path):
     workdir = tmp_path / "pmd"
     _ok(_train(train_env, workdir, via_make=True))
@@ -118,6 +122,7 @@ def test_tiny_baselines_train_and_checkpoint(train_env, tmp_path, algorithm):
             train_env,
             workdir,
             f"algorithm={algorithm}",
+            NO_WARM_START,
             "total_steps=2",
             "checkpoint.every_steps=1",
         )
@@ -184,7 +189,7 @@ def assert_same_run(workdir, reference, last_step: int, tolerance: float = 0.0) 
 
 
 def test_resume_after_a_kill_equals_the_uninterrupted_run(train_env, tmp_path):
-    overrides = ("total_steps=6", "checkpoint.every_steps=2", "eval.final=false")
+    overrides = ("total_steps=6", "checkpoint.every_steps=2", "eval.final=false", NO_WARM_START)
     straight = tmp_path / "straight"
     _ok(_train(train_env, straight, *overrides))
     resumed = tmp_path / "resumed"

@@ -38,7 +38,7 @@ class ArithConfig:
     """Which problems a curriculum holds and how many."""
 
     max_steps: int = 4  # K: problems have 1..K steps
-    # Calibrated on SmolLM2-135M-Instruct (greedy, default prompt): see README "Base accuracy".
+    # Calibrated on SmolLM2-135M-Instruct (greedy, default prompt): see docs/RESULTS.md "Base accuracy".
     # percent and share_remainder stay available for harder curricula; at 1 step the base
     # model solved none of them, so they would only add unlearnable problems to the default.
     families: tuple[str, ...] = DEFAULT_FAMILIES

@@ -14,7 +14,7 @@ from pmd_jax.verify import ANSWER_FORMATS
 
 # One worked example in the system turn: without it SmolLM2-135M-Instruct rarely writes the
 # '#### <number>' line at all (0/32 one-step arith problems with a plain instruction, 12/32 with
-# this prompt, greedy; README "Base accuracy").
+# this prompt, greedy; docs/RESULTS.md "Base accuracy").
 DEFAULT_SYSTEM_PROMPTS = {
     "hash": (
         "You solve math word problems. Work step by step: write one short calculation per "

@@ -60,7 +60,6 @@ from pmd_jax.memory.state import (
     outcome_counts,
     pad_ids,
     read_problem,
-    set_frozen,
 )
 from pmd_jax.memory.teacher import (
     MemoryView,
@@ -125,5 +124,4 @@ __all__ = [
     "pad_ids",
     "read_problem",
     "retrieve_behaviours",
-    "set_frozen",
 ]

@@ -11,7 +11,7 @@ instruction is required for new/update, remove needs only the name. A new/update
 (and counted) when it is degenerate, the shapes SmolLM2-135M writes: a name without a letter
 ("10"), an instruction with fewer than MIN_INSTRUCTION_WORDS words that have a letter ("###",
 "10 + 10 = 20"), or an instruction that only repeats the name. Such entries are not harmless:
-put in a prompt, they are copied into answers (README, "The ablation study"). Never raises,
+put in a prompt, they are copied into answers (docs/RESULTS.md, "The ablation study"). Never raises,
 never evaluates the text.
 """
 

@@ -3,7 +3,7 @@
 The JSON holds every occupied item as text (token ids are decoded with the policy tokenizer,
 special tokens skipped) and, optionally, its embedding:
 
-    {"format": FORMAT, "step": int | null, "config": {MemoryConfig fields}, "frozen": bool,
+    {"format": FORMAT, "step": int | null, "config": {MemoryConfig fields},
      "sizes": {memory_sizes}, "problem_texts": {"<problem id>": text},
      "experience": [{problem_id, slot, kind: success|failure, reward, response, feedback, step}],
      "insights": [{problem_id, slot, kind: strategy|lesson, title, content, step}],
@@ -152,7 +152,6 @@ def memory_to_json(
         "format": FORMAT,
         "step": None if step is None else int(step),
         "config": dataclasses.asdict(memory_config),
-        "frozen": bool(host.frozen),
         "sizes": sizes,
         "problem_texts": texts,
         "experience": experience,
@@ -341,7 +340,6 @@ def memory_from_json(
         else:
             kinds = {name: code for code, name in INSIGHT_KINDS.items()}
             table.kind[at] = [kinds[item["kind"]] for item in items]
-    host = host.replace(frozen=np.asarray(bool(data.get("frozen", False))))
     return jax.tree.map(jnp.asarray, host)
 
 

@@ -7,8 +7,7 @@ Batches have sequential semantics: items are applied one after another in row-ma
 keeps only the first of the near-duplicates.
 
 Insertion of one item (experience, insight, or a behaviour with an unknown name)
-1. Padding: a problem id outside [0, P), a NOOP or an empty behaviour name is SKIPPED; so is
-   everything while the memory is frozen.
+1. Padding: a problem id outside [0, P), a NOOP or an empty behaviour name is SKIPPED.
 2. Novelty gate: the item is REJECTED_NOVELTY when its cosine similarity to a stored item of the
    same pool is strictly above the level's threshold. Pools: experience compares within one
    problem and within one kind (a failure close to a stored success is a near miss worth keeping
@@ -148,7 +147,7 @@ def _insert_one(state: MemoryState, config: MemoryConfig, level: str, problem_id
     """Insert one experience or insight `record` into problem `problem_id` -> (state, status, slot)."""
     table = getattr(state, level)
     num_problems, num_slots = table.occupied.shape
-    enabled = (problem_id >= 0) & (problem_id < num_problems) & ~state.frozen
+    enabled = (problem_id >= 0) & (problem_id < num_problems)
     row = jnp.clip(problem_id, 0, num_problems - 1)
     if level == "experience":
         slot_is_success = jnp.arange(num_slots) < config.success_slots
@@ -331,7 +330,7 @@ def _apply_action(state: MemoryState, config: MemoryConfig, op, record: Behaviou
     """One behaviour action (rules in the module doc) -> (state, Outcome [])."""
     bank = state.behaviours
     num_slots = bank.alive.shape[0]
-    enabled = ~state.frozen & (op > NOOP) & (op <= REMOVE) & (record.name_len > 0)
+    enabled = (op > NOOP) & (op <= REMOVE) & (record.name_len > 0)
     match = bank.alive & (bank.name_len == record.name_len) & jnp.all(bank.name == record.name, -1)
     known = jnp.any(match)
     known_slot = jnp.argmax(match).astype(jnp.int32)

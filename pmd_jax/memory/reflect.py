@@ -124,11 +124,12 @@ def build_reflection_requests(
     groups: Sequence[Sequence[Attempt]],
     config: ReflectConfig,
     *,
+    success_reward: float,
     stored: Sequence[Sequence[Attempt]] | None = None,
-    success_reward: float = 0.5,
 ) -> list[ReflectionRequest]:
     """One request per problem: questions [B], groups [B] of (text, reward, feedback) attempts,
-    optional stored experience [B] (see `experience_attempts`)."""
+    optional stored experience [B] (see `experience_attempts`). An attempt with reward >
+    success_reward (the run's `MemoryConfig.success_reward`) is a success."""
     if len(questions) != len(groups) or (stored is not None and len(stored) != len(groups)):
         raise ValueError(
             f"build_reflection_requests: {len(questions)} questions, {len(groups)} groups, "

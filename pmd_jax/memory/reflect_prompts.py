@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from pmd_jax.memory.state import MemoryConfig
+
 OUTPUT_FORMATS = ("lines", "json")
 REFLECTORS = ("policy", "base")
 CASES = ("contrastive", "strategies", "lessons")
@@ -163,10 +165,12 @@ def build_messages(
     attempts: Sequence[Attempt],
     config: ReflectConfig,
     *,
-    success_reward: float = 0.5,
+    success_reward: float = MemoryConfig.success_reward,
     stored: Sequence[Attempt] = (),
 ) -> tuple[str, list[tuple[str, str]]]:
-    """(case, chat messages) for one problem.
+    """(case, chat messages) for one problem. A training run passes its
+    `MemoryConfig.success_reward` (through `build_reflection_requests`, which requires it); the
+    default is that field's default, for text-only callers (the scratch tokenizer's corpus).
 
     `attempts` is this round's group (it sets "k of n"); `stored` are attempts from experience
     memory, shown after this round's ones of the same kind when there is room, so a group that

@@ -10,8 +10,9 @@ holding the same items are equal array by array. Embeddings are stored unit-norm
 - experience [P, K]: slots 0..S-1 hold successes (reward > `success_reward`), S..K-1 failures.
 - insight [P, I]: one pool for both kinds (0 strategy, 1 lesson).
 - behaviours [Nb]: a global bank keyed by name (token ids compared exactly).
-- frozen: scalar bool; when True every update op (inserts, behaviour actions, `clear`) returns
-  the state unchanged and reports SKIPPED.
+Whether a run updates its memory at all is its RunPlan's decision (pmd_jax/run_plan.py: the
+frozen_memory ablation runs no update op), not a flag in the state. Checkpoints written before
+that hold a `frozen` leaf; `checkpoint.restore` accepts and drops it.
 
 The insertion, eviction and novelty rules are documented in ops.py.
 """
@@ -33,7 +34,7 @@ INSERTED = 0  # placed in a free slot
 INSERTED_EVICTING = 1  # placed in the slot of the evicted (most redundant) item
 REJECTED_NOVELTY = 2  # too similar to a stored item (novelty gate)
 REJECTED_REDUNDANT = 3  # level full and the new item was itself the most redundant
-SKIPPED = 4  # padding (problem id out of range, NOOP, empty name) or frozen memory
+SKIPPED = 4  # padding (problem id out of range, NOOP, empty name)
 UPDATED = 5  # behaviour with a known name rewritten in place
 REMOVED = 6  # behaviour removed by name
 REMOVE_UNKNOWN = 7  # remove of a name that is not in the bank: no-op
@@ -141,12 +142,11 @@ class BehaviourBank:
 
 @struct.dataclass
 class MemoryState:
-    """The whole procedural memory: experience [P, K], insight [P, I], behaviours [Nb], frozen []."""
+    """The whole procedural memory: experience [P, K], insight [P, I], behaviours [Nb]."""
 
     experience: Experience
     insight: Insight
     behaviours: BehaviourBank
-    frozen: jax.Array  # [] bool
 
 
 @struct.dataclass
@@ -253,12 +253,11 @@ def empty_behaviours(config: MemoryConfig, shape: tuple[int, ...]) -> BehaviourB
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def init_memory(config: MemoryConfig) -> MemoryState:
-    """An empty, unfrozen memory for `config.num_problems` problems."""
+    """An empty memory for `config.num_problems` problems."""
     return MemoryState(
         experience=empty_experience(config, (config.num_problems, config.experience_slots)),
         insight=empty_insight(config, (config.num_problems, config.insight_slots)),
         behaviours=empty_behaviours(config, (config.behaviour_slots,)),
-        frozen=jnp.asarray(False),
     )
 
 
@@ -295,18 +294,13 @@ def grow(
     jax.jit, static_argnames=("config", "keep_behaviours"), donate_argnames=("state",)
 )
 def clear(state: MemoryState, config: MemoryConfig, keep_behaviours: bool = True) -> MemoryState:
-    """Empty experience and insight (and the bank unless `keep_behaviours`); no-op when frozen.
+    """Empty experience and insight (and the bank unless `keep_behaviours`).
 
     `state` is donated (see ops.py)."""
-    cleared = init_memory(config).replace(frozen=state.frozen)
+    cleared = init_memory(config)
     if keep_behaviours:
         cleared = cleared.replace(behaviours=state.behaviours)
-    return jax.tree.map(lambda old, new: jnp.where(state.frozen, old, new), state, cleared)
-
-
-def set_frozen(state: MemoryState, frozen: bool) -> MemoryState:
-    """The same memory with the frozen flag set (True: every update op becomes a no-op)."""
-    return state.replace(frozen=jnp.asarray(frozen, bool))
+    return cleared
 
 
 @jax.jit

@@ -13,8 +13,11 @@ The solution is the first success of the group (reward > success_reward) other t
 itself, else (ours) the newest stored success of the problem; a candidate whose text equals the
 rollout's own response is skipped, so a rollout is never shown itself as the answer.
 
-Modes (which blocks may appear besides problem and closing; our reading of METHOD section 5,
-which lists `behavior` as "problem + behaviours" and `full` as "everything"):
+Blocks shown (`build_teacher_prompts(blocks=...)`: which optional blocks may appear besides
+problem and closing). A run's are its RunPlan's `teacher_blocks` (pmd_jax/run_plan.py: SDPO's
+preset, or PMD's every block less the levels its granularity leaves out). Named presets
+(`MODE_BLOCKS`; our reading of METHOD section 5, which lists `behavior` as "problem +
+behaviours" and `full` as "everything"):
   sdpo:             sibling solution, feedback (no memory at all, not even a stored success)
   behavior:         behaviours
   insight_behavior: strategies, lessons, behaviours
@@ -37,7 +40,7 @@ Layout (`TeacherConfig.layout`):
       a one-line heading (SYSTEM_HELP_HEADING, which also carries the closing instruction), and
       the user turn is the question exactly as the student sees it. The teacher's prompt then
       ends exactly like the student's, and a teacher shown no block *is* the student (same ids).
-      Measured on SmolLM2-135M (README "Why self-distillation collapsed"): with `user`, the
+      Measured on SmolLM2-135M (docs/RESULTS.md "Why self-distillation collapsed"): with `user`, the
       teacher starts its answers "The answer is N." and puts less probability on the student's
       '#### <n>' line than the student does; distilling that collapsed the policy. `system`
       keeps the teacher on the student's format.
@@ -59,7 +62,7 @@ from pmd_jax.memory.state import STRATEGY, MemoryConfig, MemoryState, read_probl
 from pmd_jax.sampling import left_pad
 from pmd_jax.tokenizer import Tokenizer, format_chat
 
-MODES = ("sdpo", "behavior", "insight_behavior", "full")
+MODES = ("sdpo", "behavior", "insight_behavior", "full")  # the presets of MODE_BLOCKS
 LAYOUTS = ("user", "system")
 DROPPABLE_BLOCKS = (
     "stored_solution",
@@ -69,7 +72,7 @@ DROPPABLE_BLOCKS = (
     "sibling_solution",
     "feedback",
 )
-# Optional blocks per mode; problem and closing are always shown.
+# Optional blocks per preset; problem and closing are always shown.
 MODE_BLOCKS = {
     "sdpo": ("sibling_solution", "feedback"),
     "behavior": ("behaviours",),
@@ -102,7 +105,6 @@ SYSTEM_HELP_HEADING = (
 class TeacherConfig:
     """What the teacher sees and how long its prompt may be. Hashable."""
 
-    mode: str = "full"  # one of MODES
     layout: str = "user"  # one of LAYOUTS: blocks in the user message (METHOD) or system turn
     max_prompt_tokens: int = 1024  # whole teacher prompt, template included, response excluded
     num_behaviours: int = 3  # retrieved behaviours shown (the first of the view's, best first)
@@ -116,8 +118,6 @@ class TeacherConfig:
     bucket: int = 64  # padded prompt length is a multiple of this
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"TeacherConfig.mode={self.mode!r}; expected one of {MODES}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"TeacherConfig.layout={self.layout!r}; expected one of {LAYOUTS}")
         if sorted(self.drop_order) != sorted(DROPPABLE_BLOCKS):
@@ -178,9 +178,14 @@ def _solution(row: int, group_size: int, responses: Sequence[str], successes: np
 
 
 def _candidate_blocks(
-    config: TeacherConfig, view: MemoryView, sibling: str, own: str, feedback: str
+    config: TeacherConfig,
+    allowed: Sequence[str],
+    view: MemoryView,
+    sibling: str,
+    own: str,
+    feedback: str,
 ) -> dict[str, str]:
-    """Every non-empty optional block the mode allows for one rollout: name -> text."""
+    """Every non-empty optional block of `allowed` for one rollout: name -> text."""
     stored = next((s.strip() for s in view.stored_successes if s.strip() not in ("", own)), "")
     texts = {
         "strategies": _items_block(view.strategies[: config.max_strategies], numbered=False),
@@ -190,7 +195,6 @@ def _candidate_blocks(
         "stored_solution": "" if sibling else stored,
         "feedback": feedback.strip() if config.show_feedback else "",
     }
-    allowed = MODE_BLOCKS[config.mode]
     return {name: text for name, text in texts.items() if text and name in allowed}
 
 
@@ -282,14 +286,18 @@ def build_teacher_prompts(
     system_prompt: str,
     *,
     group_size: int,
-    success_reward: float = 0.5,
+    success_reward: float,
+    blocks: Sequence[str] = DROPPABLE_BLOCKS,
     chat_format: str | None = None,
 ) -> TeacherBatch:
     """Teacher prompts for N = B*J rollouts (prompt-major).
 
-    questions: [N] or [B]; responses: [N] decoded student responses; rewards: [N]; feedback:
-    [N] (None or "" when there is none); views: [N] or [B] MemoryViews, or None (sdpo only,
-    which reads no memory). system_prompt: the student's ("" = no system turn).
+    questions: [N] or [B]; responses: [N] decoded student responses; rewards: [N] (a sibling
+    with reward > success_reward, the run's `MemoryConfig.success_reward`, is a correct
+    solution); feedback: [N] (None or "" when there is none); views: [N] or [B] MemoryViews, or
+    None when `blocks` holds no memory block (SDPO's). blocks: the optional blocks that may be
+    shown (a subset of DROPPABLE_BLOCKS; default every one). system_prompt: the student's
+    ("" = no system turn).
     """
     num_rows = len(responses)
     if group_size < 1 or num_rows % group_size:
@@ -302,8 +310,17 @@ def build_teacher_prompts(
             f"build_teacher_prompts: rewards shape {rewards.shape} and {len(feedback)} feedback "
             f"strings must both match the {num_rows} responses"
         )
-    if views is None and config.mode != "sdpo":
-        raise ValueError(f"build_teacher_prompts: mode {config.mode!r} needs memory views")
+    unknown = sorted(set(blocks) - set(DROPPABLE_BLOCKS))
+    if unknown:
+        raise ValueError(
+            f"build_teacher_prompts: unknown blocks {unknown}; expected a subset of "
+            f"{DROPPABLE_BLOCKS}"
+        )
+    reads_memory = sorted(set(blocks) & {*_MEMORY_BLOCKS, "stored_solution"})
+    if views is None and reads_memory:
+        raise ValueError(
+            f"build_teacher_prompts: showing memory blocks {reads_memory} needs memory views"
+        )
     questions = _per_row(questions, num_rows, group_size, "questions")
     if views is None:
         views = [MemoryView()] * num_rows
@@ -329,7 +346,7 @@ def build_teacher_prompts(
     for row in range(num_rows):
         sibling = _solution(row, group_size, responses, successes)
         candidates = _candidate_blocks(
-            config, views[row], sibling, responses[row].strip(), feedback[row] or ""
+            config, blocks, views[row], sibling, responses[row].strip(), feedback[row] or ""
         )
         ids, text, names, num_dropped = _fit(
             encode_for(candidates), config, questions[row], candidates, row
