@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from pmd_jax.kernels.distill_divergence import pallas_topk_divergence
+
 from pmd_jax.losses import LossConfig, self_distillation_loss_from_hidden, topk_divergence
 
 # Logits ~ N(0, 2^2): the top-k mass stays well below 1. As the tail mass goes to 0, log(1 - p)
