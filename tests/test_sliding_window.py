@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_reference import save_random_models
 
 from pmd_jax.model import export_hf, forward, load_hf, registry
 from pmd_jax.model.config import HF_FIELDS, ModelConfig, config_from_hf_dict, config_to_hf_dict
@@ -69,15 +70,7 @@ def randomize(model, seed: int) -> None:
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory) -> dict:
     """name -> (checkpoint dir, transformers model), random float32 weights, built offline."""
-    models = {}
-    for seed, (name, make_config) in enumerate(HF_CONFIGS.items()):
-        model = transformers.AutoModelForCausalLM.from_config(make_config(), dtype=torch.float32)
-        randomize(model, seed)
-        model.eval()
-        model_dir = tmp_path_factory.mktemp(name)
-        model.save_pretrained(model_dir)
-        models[name] = (model_dir, model)
-    return models
+    return save_random_models(HF_CONFIGS, randomize, tmp_path_factory)
 
 
 def prompts(seed: int = 0) -> list[list[int]]:

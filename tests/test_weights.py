@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_reference import save_random_models
 
 from pmd_jax.model import export_hf, forward, load, load_gguf, load_hf
 from pmd_jax.model.hf import hf_tensor_name, param_shapes
@@ -95,15 +96,7 @@ def randomize(model, seed: int) -> None:
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory) -> dict:
     """name -> (checkpoint dir, transformers model), random float32 weights, built offline once."""
-    models = {}
-    for seed, (name, make_config) in enumerate(HF_CONFIGS.items()):
-        model = transformers.AutoModelForCausalLM.from_config(make_config(), dtype=torch.float32)
-        randomize(model, seed)
-        model.eval()
-        model_dir = tmp_path_factory.mktemp(name)
-        model.save_pretrained(model_dir)
-        models[name] = (model_dir, model)
-    return models
+    return save_random_models(HF_CONFIGS, randomize, tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
