@@ -241,10 +241,48 @@ def sampled_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float = 
     return picked - jax.nn.logsumexp(scaled, axis=-1)
 
 
+@jax.custom_vjp
 def _chunk_logits(hidden: jax.Array, lm_head: jax.Array) -> jax.Array:
-    """hidden [..., D] @ lm_head [D, V] -> logits [..., V], accumulated in float32 or wider."""
-    out_dtype = jnp.promote_types(jnp.promote_types(hidden.dtype, lm_head.dtype), jnp.float32)
+    """hidden [..., D] @ lm_head [D, V] -> logits [..., V], accumulated in float32 or wider.
+
+    The backward pass returns the lm_head gradient in lm_head's dtype straight from the matmul
+    (accumulated in float32 inside it), where autodiff would write a float32 [D, V] and round it
+    afterwards: for bfloat16 weights that float32 buffer was the train step's largest temporary
+    (2.32 GiB per chip at Qwen3-8B's vocabulary, docs/PLANS.md). For float32 weights nothing
+    changes (tests/test_losses.py checks both against autodiff)."""
+    out_dtype = _logit_dtype(hidden, lm_head)
     return jnp.dot(hidden, lm_head.astype(hidden.dtype), preferred_element_type=out_dtype)
+
+
+def _logit_dtype(hidden: jax.Array, lm_head: jax.Array) -> jnp.dtype:
+    return jnp.promote_types(jnp.promote_types(hidden.dtype, lm_head.dtype), jnp.float32)
+
+
+def _chunk_logits_fwd(hidden, lm_head):
+    return _chunk_logits(hidden, lm_head), (hidden, lm_head)
+
+
+def _chunk_logits_bwd(saved, cotangent):
+    """cotangent [..., V] -> (d hidden [..., D], d lm_head [D, V]), each in its primal's dtype."""
+    hidden, lm_head = saved
+    wide = _logit_dtype(hidden, lm_head)
+    # Narrow weights: the operands in their dtype (what a TPU matmul at default precision reads
+    # anyway), so no float32 copy of lm_head is made; float32 weights: float32, as autodiff does.
+    operand = wide if lm_head.dtype == wide else lm_head.dtype
+    d_hidden = jnp.dot(
+        cotangent.astype(operand), lm_head.astype(operand).T, preferred_element_type=wide
+    ).astype(hidden.dtype)
+    rows = tuple(range(hidden.ndim - 1))
+    d_lm_head = lax.dot_general(
+        hidden.astype(operand),
+        cotangent.astype(operand),
+        ((rows, rows), ((), ())),
+        preferred_element_type=lm_head.dtype,
+    )
+    return d_hidden, d_lm_head
+
+
+_chunk_logits.defvjp(_chunk_logits_fwd, _chunk_logits_bwd)
 
 
 def _map_time_chunks(

@@ -343,6 +343,7 @@ class ProgramPlan:
     compile_s: float = 0.0
     compiled: bool = False
     error: str = ""
+    hlo: str = dataclasses.field(default="", repr=False)  # the compiled HLO text (--hlo-dir)
 
     @property
     def total(self) -> int:
@@ -384,7 +385,8 @@ def _compile(plan: ProgramPlan, lowered_fn) -> ProgramPlan:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     plan.xla_flops = float((cost or {}).get("flops", float("nan")))
-    plan.collectives = collectives(compiled.as_text())
+    plan.hlo = compiled.as_text()
+    plan.collectives = collectives(plan.hlo)
     plan.compiled = True
     return plan
 
@@ -441,7 +443,7 @@ def plan_teacher_forward(config: TrainConfig, m: ModelConfig, shapes: Shapes, me
     if compile_it:
 
         def forward(params, tokens, mask, response, response_mask):
-            with on_mesh(mesh):
+            with on_mesh(mesh, layer_spec=sharding.layer_param_spec):  # as in the train step
                 return response_hidden(params, m, tokens, mask, response, response_mask)
 
         args = (state.params, batch.teacher_tokens, batch.teacher_mask, batch.response_tokens,
@@ -757,15 +759,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--max-tries", type=int, default=12, help="fit suggestions to compile")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--hlo-dir", help="also write each compiled program's HLO text here")
     return parser.parse_args(argv)
 
 
 def plan_to_dict(plan: ProgramPlan, target: Target) -> dict[str, Any]:
     out = dataclasses.asdict(plan)
+    del out["hlo"]
     out.update(total=plan.total, fits=fits(plan, target))
     if math.isfinite(target.chip.peak_flops):
         out["roofline_seconds_estimate"] = plan.step_seconds(target.chip)
     return out
+
+
+def write_hlo(plans: Sequence[ProgramPlan], folder: str) -> None:
+    """Each compiled program's HLO as `folder/<program name>.hlo.txt` (what the collectives and
+    the buffer sizes are read from)."""
+    import pathlib
+
+    out = pathlib.Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for plan in plans:
+        if plan.hlo:
+            name = re.sub(r"[^a-z0-9]+", "_", plan.name.lower()).strip("_")
+            (out / f"{name}.hlo.txt").write_text(plan.hlo)
+            print(f"wrote {out / f'{name}.hlo.txt'}")
 
 
 def main(argv: Sequence[str] | None = None) -> list[ProgramPlan]:
@@ -794,6 +812,8 @@ def main(argv: Sequence[str] | None = None) -> list[ProgramPlan]:
         waves = suggest_waves(config, target, shapes, args.max_tries, base)
         print(format_suggestions(waves, target))
         tried += waves
+    if args.hlo_dir:
+        write_hlo(plans, args.hlo_dir)
     if args.json:
         import json
         import pathlib

@@ -111,6 +111,14 @@ def param_spec(name: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     raise AssertionError("the catch-all rule always matches")
 
 
+def layer_param_spec(name: str, layer_shape: tuple[int, ...], mesh: Mesh) -> P:
+    """The training PartitionSpec of one layer's slice of a stacked weight: `name` is its path
+    inside the layer ('q_proj/kernel'), `layer_shape` its shape without the leading L. The
+    scanned layers pin each slice to it inside the train step (`platform.on_mesh`)."""
+    stacked = param_spec(f"layers/{name}", (1, *layer_shape), mesh)
+    return P(*tuple(stacked)[1:])
+
+
 def param_shardings(params, mesh: Mesh):
     """A pytree of NamedSharding matching `params` (arrays or ShapeDtypeStructs)."""
     return jax.tree_util.tree_map_with_path(

@@ -352,7 +352,9 @@ def make_train_step(
     The state is donated: its buffers are reused for the new state."""
 
     def step(state, batch):
-        with on_mesh(mesh):  # kernels XLA cannot partition run per device (splash attention)
+        # kernels XLA cannot partition run per device (splash attention); the layers gather
+        # their FSDP-split weights one at a time
+        with on_mesh(mesh, layer_spec=sharding.layer_param_spec):
             return train_step(
                 state, batch, model_config=model_config, config=config, optimizer=optimizer
             )

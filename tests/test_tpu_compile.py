@@ -72,6 +72,45 @@ def test_samplers_and_teacher_forward_compile_for_v5e(small_plans):
     assert "reflection sampler" not in small_plans["sdpo"]  # only PMD reflects
 
 
+def _hlo_shapes(hlo: str, op: str) -> set[tuple[str, tuple[int, ...]]]:
+    """(dtype, dims) of every `op` result in compiled HLO text."""
+    import re
+
+    found = set()
+    for dtype, dims in re.findall(rf"= (\w+)\[([\d,]*)\][^ ]* {op}(?:-start)?\(", hlo):
+        found.add((dtype, tuple(int(d) for d in dims.split(",") if d)))
+    return found
+
+
+def test_fsdp_layers_are_gathered_one_layer_at_a_time(small_plans):
+    """No all-gather in the train step yields a whole [L, in, out] stack of layer weights."""
+    train = small_plans["pmd"]["train step"]
+    stacks = {(2, 256, 256), (2, 256, 512), (2, 512, 256)}  # L=2: q/k/v/o, gate/up, down
+    gathered = {dims for _, dims in _hlo_shapes(train.hlo, "all-gather")}
+    assert gathered, "FSDP over 8 chips gathers weights"
+    assert not gathered & stacks, gathered & stacks
+
+
+def test_bfloat16_weights_keep_no_float32_lm_head_sized_buffer(v5e):
+    """bfloat16 parameters: the loss's lm_head gradient is written in bfloat16 (losses.
+    _chunk_logits), so no float32 [D, V] array appears anywhere in the compiled step; float32
+    parameters of course have their float32 [D, V] gradient (the probe sees it)."""
+
+    def train_hlo(param_dtype):
+        # D=384 so that no [rows, V] logits chunk (256 rows) has the lm_head's shape
+        overrides = SMALL + ["algorithm=pmd", "model.hidden_size=384"]
+        overrides += [f"model.param_dtype={param_dtype}"]
+        config = apply_overrides(load_experiment("tiny"), overrides)
+        shapes = planner.run_shapes(config, prompt_len=128)
+        (train,) = planner.plan_run(config, v5e, shapes, ["train"])
+        assert train.compiled, train.error
+        return train.hlo
+
+    lm_head = {("f32", (384, 1024)), ("f32", (1024, 384))}  # tied: the embedding's [V, D] too
+    assert lm_head & _hlo_shapes(train_hlo("float32"), r"[-\w]+")
+    assert not lm_head & _hlo_shapes(train_hlo("bfloat16"), r"[-\w]+")
+
+
 def test_pallas_divergence_kernel_compiles_for_tpu_and_holds_less_than_the_reference(v5e):
     from benchmarks.loss_memory import compiled_memory
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from pmd_jax.model.config import ATTENTION_IMPLS, ModelConfig, rope_inv_freq
-from pmd_jax.platform import target_backend, traced_mesh
+from pmd_jax.platform import target_backend, traced_layer_spec, traced_mesh
 
 # What the backward pass keeps of each layer's forward: "none" keeps every activation, "dots"
 # keeps the outputs of the weight matmuls and recomputes the rest (norms, RoPE, attention
@@ -211,16 +211,35 @@ class Block(nn.Module):
         return x, (k, v)
 
 
+def pin_layer_weights(variables: dict) -> dict:
+    """One layer's weights (inside the scan), each constrained to its layer spec when the program
+    is traced with one (`platform.on_mesh(mesh, layer_spec=...)`, the train step); unchanged
+    otherwise. Pinned, an FSDP-split weight is gathered where the layer uses it, per layer."""
+    spec_of, mesh = traced_layer_spec(), traced_mesh()
+    if spec_of is None or mesh is None:
+        return variables
+
+    def pin(path, x):
+        name = "/".join(str(getattr(k, "key", k)) for k in path[1:])  # path[0]: the collection
+        spec = spec_of(name, tuple(x.shape), mesh)
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+    return jax.tree_util.tree_map_with_path(pin, variables)
+
+
 def remat_block(policy: str):
-    """Block, wrapped for the backward pass by a REMAT_POLICIES name. `prevent_cse=False`: under
+    """Block with its weights pinned (`pin_layer_weights`), wrapped for the backward pass by a
+    REMAT_POLICIES name. The pin sits inside the remat, so a recomputed layer gathers its weights
+    again rather than keeping them gathered from the forward. `prevent_cse=False`: under
     `nn.scan` the loop already keeps XLA from merging the recomputation into the forward."""
+    block = nn.map_variables(Block, "params", trans_in_fn=pin_layer_weights, init=True)
     if policy == "none":
-        return Block
+        return block
     if policy == "dots":
         saveable = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-        return nn.remat(Block, prevent_cse=False, policy=saveable)
+        return nn.remat(block, prevent_cse=False, policy=saveable)
     if policy == "full":
-        return nn.remat(Block, prevent_cse=False)
+        return nn.remat(block, prevent_cse=False)
     raise ValueError(f"remat={policy!r}; expected one of {REMAT_POLICIES}")
 
 
