@@ -216,6 +216,10 @@ REMOVED_KEYS = {
         "and granularity: set algorithm=sdpo for the SDPO teacher, or granularity=exp | exp+ins "
         "| exp+ins+beh for PMD's levels (--dry-run prints the teacher's blocks)"
     ),
+    "reflect.reflector": (
+        "it was renamed: set reflect.backend=policy | base | openai for reflection and "
+        "behaviours.backend (same values) for evolution, which reflect.reflector also chose"
+    ),
 }
 
 

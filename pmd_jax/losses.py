@@ -43,7 +43,12 @@ LOSS_METRICS = ("distill/loss", "grpo/policy_loss", "grpo/kl_ref", "grpo/entropy
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Loss knobs; the first block is shared, the second is GRPO-only."""
+    """Loss knobs; the first block is shared, the second is GRPO-only.
+
+    The train step is on-policy (one update per sampled batch: the importance ratio is 1) and
+    keeps no reference model, so a run refuses non-default is_clip, clip_low, clip_high,
+    dual_clip, kl_coef and entropy_coef by name (validate.py); the loss functions honour them
+    for callers that pass old log-probs, reference log-probs or entropies."""
 
     alpha: float = 1.0  # 0: KL(teacher||student), 1: KL(student||teacher), between: generalised JSD
     top_k: int | None = 100  # student top-k ids plus a tail bucket; None = full vocabulary

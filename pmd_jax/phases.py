@@ -25,6 +25,7 @@ from pmd_jax.memory.reflect import (
     experience_attempts,
     insights_to_memory,
     reflect,
+    reflect_remote,
 )
 from pmd_jax.memory.state import (
     INSERTED,
@@ -42,6 +43,7 @@ from pmd_jax.memory.teacher import (
     memory_views,
 )
 from pmd_jax.model.config import ModelConfig
+from pmd_jax.remote import Recorder, RemoteConfig
 from pmd_jax.sampling import SampleConfig, left_pad, sample
 from pmd_jax.train_step import RolloutBatch
 from pmd_jax.verify import VerifierConfig, verify_batch
@@ -187,9 +189,13 @@ def reflect_on_groups(
     rng: jax.Array,
     step: int,
     mesh: Mesh | None = None,
+    *,
+    remote: RemoteConfig | None = None,
+    recorder: Recorder | None = None,
 ) -> tuple[MemoryState, dict[str, float], list[str]]:
-    """Reflect on the problems whose experience changed (sampling on `mesh` when given); insert
-    the kept insights."""
+    """Reflect on the problems whose experience changed (sampling on `mesh` when given; with
+    `remote`, asking that OpenAI-compatible endpoint the same prompts instead: reflect_remote);
+    insert the kept insights."""
     chosen = np.flatnonzero(changed)
     if chosen.size == 0:
         return memory, {"reflect/requests": 0.0}, []
@@ -215,7 +221,12 @@ def reflect_on_groups(
         stored=stored,
         success_reward=memory_config.success_reward,
     )
-    result = reflect(reflector_params, model_config, tokenizer, requests, config, rng, mesh=mesh)
+    if remote is not None:
+        result = reflect_remote(remote, requests, config, recorder)
+    else:
+        result = reflect(
+            reflector_params, model_config, tokenizer, requests, config, rng, mesh=mesh
+        )
     memory, insert_stats = insights_to_memory(
         memory,
         memory_config,
@@ -244,9 +255,13 @@ def maybe_evolve(
     step: int,
     centroids: jax.Array | None,
     mesh: Mesh | None = None,
+    *,
+    remote: RemoteConfig | None = None,
+    recorder: Recorder | None = None,
 ) -> tuple[MemoryState, dict[str, float], jax.Array | None]:
     """Behaviour-bank evolution on its cadence (no-op on other steps). `centroids` [K, D] of the
-    previous round seed k-means, which keeps cluster ids stable; the new ones are returned."""
+    previous round seed k-means, which keeps cluster ids stable; the new ones are returned.
+    With `remote` the evolver is that OpenAI-compatible endpoint (evolve_behaviours)."""
     if not should_evolve(step, config):
         return memory, {}, centroids
     output = evolve_behaviours(
@@ -264,6 +279,8 @@ def maybe_evolve(
         embed_fn,
         centroids,
         mesh=mesh,
+        remote=remote,
+        recorder=recorder,
     )
     stats = {key: float(value) for key, value in output.stats.items()}
     return output.state, stats, output.centroids

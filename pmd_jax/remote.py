@@ -22,7 +22,13 @@ Exact resume: a `Recorder` in "record" mode stores, per request-payload hash (sh
 canonical JSON body: model, messages, max_tokens, temperature, seed), the outcomes in order of
 occurrence (text or error kind); `to_json()` stores beside the memory in a checkpoint. In
 "replay" mode `chat` answers from the recording without any network call (and without a key);
-a request with no recorded outcome raises ReplayMissError naming its hash.
+a request with no recorded outcome raises ReplayMissError naming its hash. In "record_replay"
+mode (a resumed training run) a request whose hash and occurrence are recorded is answered from
+the recording, and any other goes to the server and is recorded.
+
+Training (docs/OPERATIONS.md, "External reflector and evolver"): `reflect.backend="openai"` and
+`behaviours.backend="openai"` send the reflection and evolution prompts here; the config tree
+holds a `RemoteSpec` (unvalidated, empty by default), made a RemoteConfig by `RemoteSpec.config`.
 
 A real server to try it on: llama.cpp's OpenAI-compatible server from llama-cpp-python (0.3.36),
 built from source (PyPI ships only the sdist; the build took 24 min 36 s wall, 9.5 min CPU, on 2
@@ -164,6 +170,31 @@ class RemoteConfig:
             fail("temperature", f"must be a number in [0, 2], got {self.temperature!r}")
         if self.seed is not None and not is_int(self.seed):
             fail("seed", f"must be None or an int, got {self.seed!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteSpec:
+    """The config-tree form of a RemoteConfig (`reflect.remote`, `behaviours.remote`): empty by
+    default, so a run that does not use the endpoint needs none; `config()` validates it. The
+    answer length, temperature and sampling come from the phase's own section (max_new_tokens,
+    temperature); top_p is not sent (OpenAI-compatible servers differ on it)."""
+
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = ""  # the NAME of the environment variable holding the key, never the key
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_requests_per_step: int | None = None
+    seed: int | None = None
+
+    def config(self, *, max_tokens: int, temperature: float) -> RemoteConfig:
+        """The validated RemoteConfig (raises RemoteConfigError naming the field)."""
+        return RemoteConfig(
+            **dataclasses.asdict(self), max_tokens=max_tokens, temperature=temperature
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,11 +493,13 @@ class Recorder:
     """Request-payload hash -> outcomes in order of occurrence, for exact replay.
 
     mode "record": chat() makes requests and stores each sent prompt's outcome (text, or error
-    kind and detail); "replay": chat() answers from the stored outcomes, no network, no key. The
+    kind and detail); "replay": chat() answers from the stored outcomes, no network, no key;
+    "record_replay": answers a prompt from the stored outcome of its hash and occurrence when
+    there is one (a recorded failure replays as that failure), else requests and records it. The
     k-th occurrence of a hash (counted in input order across calls) gets the k-th outcome, so
     repeated prompts at temperature > 0 replay exactly. Serialise with to_json()/save()."""
 
-    MODES = ("record", "replay")
+    MODES = ("record", "replay", "record_replay")
 
     def __init__(self, mode: str = "record", entries: dict[str, list[dict]] | None = None):
         if mode not in self.MODES:
@@ -489,7 +522,7 @@ class Recorder:
         with self._lock:
             index = self._cursor.get(request_hash, 0)
             self._cursor[request_hash] = index + 1
-            if self.mode == "record":
+            if self.mode != "replay":
                 slots = self.entries.setdefault(request_hash, [])
                 slots.extend([None] * (index + 1 - len(slots)))
             return index
@@ -505,6 +538,22 @@ class Recorder:
         )
         with self._lock:
             self.entries[request_hash][index] = entry
+
+    def _peek(self, hashes: Sequence[str]) -> list[int]:
+        """The occurrence indices `_reserve` would give `hashes`, in order, reserving nothing."""
+        with self._lock:
+            seen: dict[str, int] = {}
+            indices = []
+            for request_hash in hashes:
+                index = self._cursor.get(request_hash, 0) + seen.get(request_hash, 0)
+                seen[request_hash] = seen.get(request_hash, 0) + 1
+                indices.append(index)
+            return indices
+
+    def _has(self, request_hash: str, index: int) -> bool:
+        with self._lock:
+            outcomes = self.entries.get(request_hash, [])
+            return index < len(outcomes) and outcomes[index] is not None
 
     def _replay(self, request_hash: str, index: int, prompt_index: int) -> Result:
         outcomes = self.entries.get(request_hash, [])
@@ -628,12 +677,21 @@ def chat(
             results[i] = recorder._replay(hashes[i], recorder._reserve(hashes[i]), i)
         return Results(results, time.monotonic() - start)
 
-    _api_key(config)  # raises, naming the variable, when it is unset (before any reservation)
+    pending = list(range(granted))
+    if recorder is not None and recorder.mode == "record_replay":
+        planned = recorder._peek(hashes[:granted])
+        pending = [i for i in range(granted) if not recorder._has(hashes[i], planned[i])]
+    if pending or recorder is None or recorder.mode == "record":
+        # Raises, naming the variable, when it is unset (before any reservation).
+        _api_key(config)
     slots = (
         [recorder._reserve(h) for h in hashes[:granted]]
         if recorder is not None
         else [None] * granted
     )
+    if recorder is not None and recorder.mode == "record_replay":
+        for i in sorted(set(range(granted)) - set(pending)):
+            results[i] = recorder._replay(hashes[i], slots[i], i)
     opener = _opener(config)
 
     def run(i: int) -> None:
@@ -642,8 +700,8 @@ def chat(
             recorder._store(hashes[i], slots[i], result)
         results[i] = result
 
-    if granted:
-        with ThreadPoolExecutor(min(config.concurrency, granted), "remote-chat") as pool:
-            for future in [pool.submit(run, i) for i in range(granted)]:
+    if pending:
+        with ThreadPoolExecutor(min(config.concurrency, len(pending)), "remote-chat") as pool:
+            for future in [pool.submit(run, i) for i in pending]:
                 future.result()
     return Results(results, time.monotonic() - start)

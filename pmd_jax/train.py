@@ -16,6 +16,12 @@ again on the same directory resumes from the newest complete checkpoint: params,
 teacher, memory, data position and step; the RNG of a step is derived from (seed, step), so a
 resumed run continues exactly as the uninterrupted one would.
 
+With `reflect.backend` / `behaviours.backend` = "openai" the reflector / evolver is an
+OpenAI-compatible endpoint (pmd_jax/remote.py). Its answers are journalled per step in
+`remote/step_<N>.json` (a `remote.Recorder`, written after each phase that asked it); a step
+that is run again after a resume answers from its journal ("record_replay": recorded prompts are
+not sent again, others are), so it continues as the uninterrupted run did.
+
 Multi-host (pmd_jax/multihost.py): the same command on every host (or `python -m pmd_jax.launch`
 locally). Every process runs every phase on the same global batch; process 0 prepares datasets
 and caches first, and alone writes config.json, metrics, TensorBoard, memory snapshots, the
@@ -42,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from pmd_jax import checkpoint, multihost, phases, sharding
+from pmd_jax import checkpoint, multihost, phases, remote, sharding
 from pmd_jax.config import (
     RolloutConfig,
     TrainConfig,
@@ -147,6 +153,8 @@ class Run:
     memory_config: Any
     prompt_width: int  # every student prompt is left-padded to this (one train-step shape)
     teacher_width: int  # every teacher prompt likewise
+    reflect_remote: Any = None  # remote.RemoteConfig when reflect.backend == "openai"
+    evolve_remote: Any = None  # remote.RemoteConfig when behaviours.backend == "openai"
 
 
 def _load_model(config: TrainConfig, problems: list[dict], workdir: pathlib.Path):
@@ -224,6 +232,9 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         loss_spike_window=config.optimizer.loss_spike_window,
         nan_grad_at_step=int(os.environ.get(NAN_GRAD_ENV, "0")),
     )
+    reflect_remote, evolve_remote = remote_configs(config)
+    for remote_config in {c for c in (reflect_remote, evolve_remote) if c is not None}:
+        _check_endpoint(remote_config)
     memory = None
     if plan.load_memory_from:
         data = load_memory_json(plan.load_memory_from)
@@ -249,8 +260,62 @@ def setup(config: TrainConfig, workdir: pathlib.Path) -> tuple[Run, Any, Any]:
         memory_config=memory_config,
         prompt_width=prompt_width,
         teacher_width=teacher_width,
+        reflect_remote=reflect_remote,
+        evolve_remote=evolve_remote,
     )
     return run, params, memory
+
+
+def remote_configs(config: TrainConfig) -> tuple[Any, Any]:
+    """(reflection, evolution) RemoteConfig, each None unless its section's backend is
+    "openai"; max_tokens and temperature are the section's max_new_tokens and temperature."""
+
+    def of(section):
+        if section.backend != "openai":
+            return None
+        return section.remote.config(
+            max_tokens=section.max_new_tokens, temperature=section.temperature
+        )
+
+    return of(config.reflect), of(config.behaviours)
+
+
+def _check_endpoint(remote_config) -> None:
+    """One GET /models before the first step: a rejected or missing key stops the run here (the
+    error names the variable, never the key); an unreachable server is only a warning, since a
+    resumed run may answer from its journal and failed requests are counted, not fatal."""
+    try:
+        models = remote.check(remote_config)
+    except remote.RemoteUnavailableError as err:
+        print(f"warning: the OpenAI-compatible endpoint is unavailable: {err}", flush=True)
+        return
+    if models and remote_config.model not in models and multihost.is_primary():
+        print(
+            f"warning: {remote_config.base_url} lists models {models[:8]}, not "
+            f"{remote_config.model!r} (sent anyway: some servers serve any name)",
+            flush=True,
+        )
+
+
+def journal_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
+    """Where a step's endpoint answers are journalled."""
+    return pathlib.Path(workdir) / "remote" / f"step_{step}.json"
+
+
+def step_recorder(workdir: pathlib.Path, step: int) -> remote.Recorder:
+    """The step's Recorder: its journal from an earlier attempt at this step (a resumed run) in
+    "record_replay" mode, else an empty one recording."""
+    path = journal_path(workdir, step)
+    if path.exists():
+        return remote.Recorder.load(path, mode="record_replay")
+    return remote.Recorder("record")
+
+
+def _save_journal(run: Run, step: int, recorder) -> None:
+    if multihost.is_primary():
+        path = journal_path(run.workdir, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recorder.save(path)
 
 
 def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
@@ -444,8 +509,12 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
     with timed(times, "time/memory"):
         if plan.reset_memory_each_step:
             memory = clear(memory, run.memory_config, keep_behaviours=False)
-        # reflect.reflector="base": reflect and evolve with the initial params, not the policy
-        reflector = run.encoder_params if config.reflect.reflector == "base" else state.params
+        # backend "base": the initial params, not the policy; "openai": an endpoint (params unused)
+        reflector = run.encoder_params if config.reflect.backend == "base" else state.params
+        evolver = run.encoder_params if config.behaviours.backend == "base" else state.params
+        recorder = None
+        if run.reflect_remote is not None or run.evolve_remote is not None:
+            recorder = step_recorder(run.workdir, step)
         if plan.remember:
             with timed(times, "time/memory_remember"):
                 memory, stats, changed = phases.remember(
@@ -474,14 +543,18 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
                     reflect_rng,
                     step,
                     run.mesh,
+                    remote=run.reflect_remote,
+                    recorder=recorder,
                 )
+            if run.reflect_remote is not None:
+                _save_journal(run, step, recorder)
             metrics.update(stats)
         if plan.evolve:
             with timed(times, "time/memory_evolve"):
                 memory, stats, centroids = phases.maybe_evolve(
                     memory,
                     run.memory_config,
-                    reflector,
+                    evolver,
                     run.model_config,
                     run.tokenizer,
                     [p["question"] for p in run.problems],
@@ -493,7 +566,11 @@ def _one_step(run: Run, step: int, state, memory, batch, compiled, centroids):
                     step,
                     centroids,
                     run.mesh,
+                    remote=run.evolve_remote,
+                    recorder=recorder,
                 )
+            if run.evolve_remote is not None and stats:
+                _save_journal(run, step, recorder)
             metrics.update(stats)
         if plan.uses_memory:
             metrics.update(_memory_metrics(memory, run.memory_config))

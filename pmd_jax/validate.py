@@ -17,12 +17,16 @@ schedule.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pmd_jax.config import TrainConfig
 from pmd_jax.data import gsm8k, pipeline
+from pmd_jax.losses import LossConfig
+from pmd_jax.remote import RemoteConfigError
 from pmd_jax.run_plan import run_plan
 from pmd_jax.sampling import bucket_length, logprob_temperature
 from pmd_jax.sharding import AXES, BATCH_AXES
@@ -310,8 +314,7 @@ def _gsm8k_errors(config: TrainConfig) -> Iterator[str]:
                 setting,
                 str(local_dir),
                 "no such directory",
-                "point it at the folder holding train.jsonl and test.jsonl "
-                "(e.g. ../shared/data/gsm8k)",
+                "point it at the folder holding GSM8K's train.jsonl and test.jsonl",
             )
             return
         for split in gsm8k.SPLITS:
@@ -325,7 +328,7 @@ def _gsm8k_errors(config: TrainConfig) -> Iterator[str]:
         "data.gsm8k_dir",
         None,
         f"GSM8K is not prepared in {data_dir} and the download host is unreachable",
-        f"set data.gsm8k_dir (or ${gsm8k.ENV_VAR}) to the jsonl folder, e.g. ../shared/data/gsm8k",
+        f"set data.gsm8k_dir (or ${gsm8k.ENV_VAR}) to a folder holding train.jsonl and test.jsonl",
     )
 
 
@@ -375,6 +378,83 @@ def _eval_errors(config: TrainConfig) -> Iterator[str]:
             )
 
 
+_REMOTE_FIELD = re.compile(r"^RemoteConfig\.(\w+) (.*)$", re.S)
+
+
+def _remote_errors(config: TrainConfig) -> Iterator[str]:
+    """reflect.remote / behaviours.remote of a section whose backend is "openai": every field as
+    RemoteConfig checks it, the key's environment variable set, one process. The key is never
+    part of a message (api_key_env's value is shown only once it is a valid variable name)."""
+    from pmd_jax import multihost
+
+    for prefix in ("reflect", "behaviours"):
+        section = getattr(config, prefix)
+        if section.backend != "openai":
+            continue
+        spec = section.remote
+        try:
+            spec.config(max_tokens=section.max_new_tokens, temperature=section.temperature)
+        except RemoteConfigError as err:
+            match = _REMOTE_FIELD.match(str(err))
+            field, why = match.groups() if match else ("", str(err))
+            section_field = {"max_tokens": "max_new_tokens", "temperature": "temperature"}
+            if field in section_field:  # sent from the section's own sampling fields
+                name = f"{prefix}.{section_field[field]}"
+                value = getattr(section, section_field[field])
+            else:
+                name = f"{prefix}.remote.{field}" if field else f"{prefix}.remote"
+                value = "<hidden>" if field == "api_key_env" else getattr(spec, field, None)
+            yield _line(
+                name,
+                value,
+                f"{why} ({prefix}.backend='openai' needs it)",
+                f"set {name}, or {prefix}.backend=policy",
+            )
+            continue
+        if spec.api_key_env and not os.environ.get(spec.api_key_env, "").strip():
+            yield _line(
+                f"{prefix}.remote.api_key_env",
+                spec.api_key_env,
+                "that environment variable is unset or empty",
+                "export it with the API key (the key never goes in the config), or set "
+                f"{prefix}.remote.api_key_env='' for a server without a key",
+            )
+        try:
+            multi = multihost.cluster_args(config.mesh) is not None
+        except ValueError:
+            multi = False  # reported by the mesh checks
+        if multi:
+            yield _line(
+                f"{prefix}.backend",
+                "openai",
+                "an endpoint backend is single-process only (every process of a multi-host run "
+                "would ask the server on its own, and their memories would differ)",
+                f"set {prefix}.backend=policy or base, or run on one host",
+            )
+
+
+# LossConfig fields the training step cannot honour. `losses` implements them for callers that
+# supply what they need; the train step is on-policy (one update per sampled batch, so the
+# importance ratio exp(logp_now - logp_old) is 1 and its clips never bind) and keeps no reference
+# model. A non-default value would change nothing or fail while the update is traced.
+_UNUSED_LOSS_FIELDS = {
+    "kl_coef": "needs a reference policy's log-probs, which the train step does not compute",
+    "entropy_coef": "needs per-token entropies, which the train step does not compute",
+    "is_clip": "caps exp(logp_now - logp_old), which is 1 in the on-policy train step",
+    "clip_low": "clips the importance ratio, which is 1 in the on-policy train step",
+    "clip_high": "clips the importance ratio, which is 1 in the on-policy train step",
+    "dual_clip": "bounds the importance ratio, which is 1 in the on-policy train step",
+}
+
+
+def _loss_errors(config: TrainConfig) -> Iterator[str]:
+    default = LossConfig()
+    for name, reason in _UNUSED_LOSS_FIELDS.items():
+        value = getattr(config.loss, name)
+        if value != getattr(default, name):
+            yield _line(f"loss.{name}", value, reason, f"leave it at {getattr(default, name)!r}")
+
+
 def config_errors(config: TrainConfig, num_devices: int) -> list[str]:
     """Every problem `validate_run` would raise, one line each (empty when the config is fine)."""
     mesh, errors = mesh_shape(config, num_devices)
@@ -386,6 +466,8 @@ def config_errors(config: TrainConfig, num_devices: int) -> list[str]:
     errors += _memory_errors(config)
     errors += _data_errors(config)
     errors += _eval_errors(config)
+    errors += _remote_errors(config)
+    errors += _loss_errors(config)
     return errors
 
 

@@ -152,7 +152,7 @@ def test_gsm8k_directory_errors_name_the_setting_that_points_there(tmp_path, mon
 
     assert _gsm8k(tmp_path, monkeypatch, gsm8k_dir=missing) == [
         f"data.gsm8k_dir='{missing}': no such directory; point it at the folder holding "
-        "train.jsonl and test.jsonl (e.g. ../shared/data/gsm8k)"
+        "GSM8K's train.jsonl and test.jsonl"
     ]
     assert _gsm8k(tmp_path, monkeypatch, env=missing)[0].startswith(f"$PMD_GSM8K_DIR='{missing}'")
     assert _gsm8k(tmp_path, monkeypatch, gsm8k_dir=half) == [
@@ -166,7 +166,8 @@ def test_gsm8k_without_a_directory_needs_a_prepared_copy_or_the_network(tmp_path
     offline = _gsm8k(tmp_path, monkeypatch)
 
     assert len(offline) == 1 and offline[0].startswith("data.gsm8k_dir=None: GSM8K is not prepared")
-    assert "../shared/data/gsm8k" in offline[0]
+    assert "set data.gsm8k_dir (or $PMD_GSM8K_DIR) to a folder holding train.jsonl" in offline[0]
+    assert "../shared" not in offline[0]  # a user's clone has no such folder
     assert _gsm8k(tmp_path, monkeypatch, reachable=True) == []
 
 
@@ -186,3 +187,21 @@ def test_lengths_checked_once_the_prompts_and_model_are_known():
     ]
     # GRPO has no teacher prompt: a short teacher budget is not its problem.
     validate_lengths(_config("algorithm=grpo", "teacher.max_prompt_tokens=8"), 150, 4096)
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("kl_coef", 0.1, "reference policy"),
+        ("entropy_coef", 0.01, "per-token entropies"),
+        ("is_clip", 5.0, "on-policy"),
+        ("clip_low", 0.1, "on-policy"),
+        ("clip_high", 0.4, "on-policy"),
+        ("dual_clip", 2.0, "on-policy"),
+    ],
+)
+def test_loss_fields_the_train_step_cannot_honour_are_refused_by_name(field, value, reason):
+    errors = config_errors(_config(f"loss.{field}={value}"), 1)
+    assert len(errors) == 1 and errors[0].startswith(f"loss.{field}={value!r}: "), errors
+    assert reason in errors[0]
+    assert config_errors(_config(), 1) == []  # the defaults pass

@@ -36,6 +36,7 @@ from pmd_jax import sampling
 from pmd_jax.memory import ops
 from pmd_jax.memory.behaviour_parse import Action, parse_behaviour_actions
 from pmd_jax.memory.kmeans import kmeans, seed_centroids
+from pmd_jax.memory.reflect_prompts import BACKENDS
 from pmd_jax.memory.state import (
     LESSON,
     NEW,
@@ -50,6 +51,7 @@ from pmd_jax.memory.state import (
     read_problem,
     unit,
 )
+from pmd_jax.remote import Recorder, RemoteConfig, RemoteSpec, chat
 from pmd_jax.tokenizer import format_chat
 
 SCOPES = ("batch", "all")
@@ -83,8 +85,15 @@ class BehaviourConfig:
     # Evolver prompts are padded to at least this width (0: their 64-token bucket). Above the
     # longest prompt, the evolver's sampler compiles once per run (ReflectConfig.prompt_width).
     prompt_width: int = 0
+    # Who evolves: "policy" | "base" (the initial params) | "openai" (the endpoint in `remote`).
+    backend: str = "policy"
+    remote: RemoteSpec = RemoteSpec()  # backend "openai": base_url, model, api_key_env, ...
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"BehaviourConfig.backend={self.backend!r}; expected one of {BACKENDS}"
+            )
         if self.scope not in SCOPES:
             raise ValueError(f"BehaviourConfig.scope={self.scope!r}; expected one of {SCOPES}")
         if self.output_format not in OUTPUT_FORMATS:
@@ -282,13 +291,16 @@ def fit_name_ids(tokenizer, name: str, width: int) -> tuple[list[int] | None, st
     return None, ""
 
 
-def _prompt_ids(tokenizer, questions, notes, existing, cold: bool, config) -> list[int]:
-    """Chat ids of a cluster's prompt, dropping questions from the end until it fits."""
+def _prompt_ids(
+    tokenizer, questions, notes, existing, cold: bool, config
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """(chat ids, chat messages) of a cluster's prompt, dropping questions from the end until
+    it fits."""
     for count in range(len(questions), 0, -1):
         summary = cluster_summary(questions[:count], notes[:count], config.question_chars)
         messages = cold_start_messages(summary) if cold else evolve_messages(summary, existing)
         if len(ids := list(format_chat(tokenizer, messages).ids)) <= config.max_prompt_tokens:
-            return ids
+            return ids, messages
     raise ValueError(
         f"evolve_behaviours: a prompt with one question has {len(ids)} tokens > "
         f"BehaviourConfig.max_prompt_tokens={config.max_prompt_tokens}"
@@ -355,7 +367,8 @@ def build_actions(
 def _cluster_prompts(
     state, memory_config, tokenizer, questions, embeddings, centroids, assignment, clusters, config
 ) -> tuple[list[list[int]], list[dict[str, Any]]]:
-    """Prompt ids (primed) and a record {cluster, mode, problem_ids, existing, prime} per cluster."""
+    """Prompt ids (primed) and a record {cluster, mode, problem_ids, existing, prime, messages}
+    per cluster (messages: the unprimed chat, what an OpenAI-compatible evolver is sent)."""
     num_clusters = centroids.shape[0]
     similarity = np.sum(np.asarray(unit(embeddings)) * np.asarray(centroids)[assignment], axis=1)
     has_memory = np.asarray(
@@ -386,11 +399,40 @@ def _cluster_prompts(
         mode = "cold_start" if best < config.similar_threshold else "evolve"
         prime = RESPONSE_PRIMES[mode] if config.prime_response else ""
         texts = [questions[p] for p in problems]
-        ids = _prompt_ids(tokenizer, texts, notes, existing, mode == "cold_start", config)
+        ids, messages = _prompt_ids(tokenizer, texts, notes, existing, mode == "cold_start", config)
         prompts.append(ids + (tokenizer.encode(prime) if prime else []))
         record = {"cluster": cluster, "mode": mode, "problem_ids": problems, "prime": prime}
+        record["messages"] = messages  # popped by evolve_behaviours (the endpoint's prompt)
         records.append(record | {"existing": [name for name, _ in existing]})
     return prompts, records
+
+
+def _chat_messages(messages: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """(role, content) pairs as OpenAI chat messages."""
+    return [{"role": role, "content": content} for role, content in messages]
+
+
+def _sample(params, model_config, tokenizer, prompts, config, rng, mesh) -> list[str]:
+    """The evolver's sampled continuations of the (primed) prompt ids."""
+    sample_config = sampling.SampleConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        stop_ids=tuple(tokenizer.stop_ids),
+        pad_id=tokenizer.pad_id,
+    )
+    # Always config.batch_size rows (a short batch is filled with repeats): one program per run.
+    return sampling.generate_texts(
+        params,
+        model_config,
+        tokenizer,
+        prompts,
+        sample_config,
+        rng,
+        batch_size=config.batch_size,
+        min_width=config.prompt_width,
+        mesh=mesh,
+    )
 
 
 def _empty_stats() -> dict[str, int]:
@@ -416,11 +458,19 @@ def evolve_behaviours(
     init_centroids: jax.Array | None = None,
     *,
     mesh=None,
+    remote: RemoteConfig | None = None,
+    recorder: Recorder | None = None,
 ) -> EvolveOutput:
     """One round of behaviour evolution (module doc). questions: all P training problems (index =
     problem id); question_embeddings: [P, D]; touched_problem_ids: [B] (scope "batch"); embed_fn:
     texts -> [N, D]; mesh: where the evolver samples (`sampling.sample`). `state` is donated when
-    actions are applied: use the returned one."""
+    actions are applied: use the returned one.
+
+    remote: evolve with an OpenAI-compatible endpoint instead of `params` (BehaviourConfig.backend
+    "openai"): each cluster's chat messages (the same as the sampler's, without the primed
+    answer: the endpoint writes the whole JSON) go to `remote.chat` (recorded by `recorder`), and
+    each reply is parsed as a sampled text is. A failed request gives that cluster no actions
+    (its record's error is "remote: <kind>"); stats gain "behaviour/remote/..." counts."""
     embeddings = jnp.asarray(question_embeddings, jnp.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(questions):
         raise ValueError(
@@ -453,29 +503,26 @@ def evolve_behaviours(
         config,
     )
     stats["behaviour/cold_starts"] = sum(record["mode"] == "cold_start" for record in records)
-    sample_config = sampling.SampleConfig(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        stop_ids=tuple(tokenizer.stop_ids),
-        pad_id=tokenizer.pad_id,
-    )
-    longest = max(len(prompt) for prompt in prompts)
-    stats["behaviour/over_width"] = int(bool(config.prompt_width) and longest > config.prompt_width)
-    # Always config.batch_size rows (a short batch is filled with repeats): one program per run.
-    outputs = sampling.generate_texts(
-        params,
-        model_config,
-        tokenizer,
-        prompts,
-        sample_config,
-        sample_rng,
-        batch_size=config.batch_size,
-        min_width=config.prompt_width,
-        mesh=mesh,
-    )
+    messages = [record.pop("messages") for record in records]
+    if remote is not None:
+        results = chat(remote, [_chat_messages(m) for m in messages], recorder=recorder)
+        stats |= {f"behaviour/{key}": value for key, value in results.metrics.items()}
+        outputs = [result.text for result in results]
+        for record in records:
+            record["prime"] = ""  # the endpoint's answer is the whole text
+    else:
+        outputs = _sample(params, model_config, tokenizer, prompts, config, sample_rng, mesh)
+        longest = max(len(prompt) for prompt in prompts)
+        stats["behaviour/over_width"] = int(
+            bool(config.prompt_width) and longest > config.prompt_width
+        )
     pending = []
-    for record, generated in zip(records, outputs, strict=True):
+    for index, (record, generated) in enumerate(zip(records, outputs, strict=True)):
+        if generated is None:  # a failed request (remote): no actions for this cluster
+            record.pop("prime")
+            error = f"remote: {results[index].error}"
+            record.update(text="", ok=False, error=error, actions=[])
+            continue
         text = record.pop("prime") + generated
         parsed = parse_behaviour_actions(text)
         kept = parsed.actions[: config.max_actions_per_cluster]

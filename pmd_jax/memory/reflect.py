@@ -2,6 +2,9 @@
 
 build_reflection_requests (prompts, reflect_prompts.py) -> reflect (sample with the reflector's
 params, parse and filter, reflect_parse.py) -> insights_to_memory (embed, novelty-gated insert).
+With ReflectConfig.backend "openai", `reflect_remote` sends each request's chat messages (the
+same text, without the primed answer) to an OpenAI-compatible endpoint (pmd_jax/remote.py) and
+parses and filters the replies exactly as sampled texts are.
 
 Default output format: "json", chosen by parse rate with SmolLM2-135M-Instruct (fp32, CPU) on
 the first 16 arith train problems (4 families x 1-4 steps), each with a group of 4 real rollouts
@@ -15,7 +18,7 @@ Before the degenerate-item gate of reflect_parse.py the same texts parsed 2/16 (
 (json). In the lines format the model mostly echoed the spec line "LESSON: <title> | <content>"
 (8/16) or wrote a line without a separator; in json it wrote JSON-shaped text that broke or
 degenerated ("No"/"No", repeated phrases). At 135M, reflection is close to useless in both
-formats; a larger reflector (reflector="base" with a stronger checkpoint) is the lever.
+formats; a larger reflector (reflect.backend="openai", an external model) is the lever.
 Reflection took 326 s (lines) and 366 s (json) for 16 prompts on 2 shared CPU cores.
 Command: `python -m benchmarks.reflect_parse_rate` (results, raw texts included:
 benchmarks/results/reflect.json; `--rescore FILE` re-parses stored texts without the model).
@@ -58,6 +61,7 @@ from pmd_jax.memory.state import (
     pad_ids,
 )
 from pmd_jax.model.config import ModelConfig
+from pmd_jax.remote import Recorder, RemoteConfig, chat
 from pmd_jax.sampling import SampleConfig, generate_texts
 from pmd_jax.tokenizer import format_chat
 
@@ -75,6 +79,7 @@ __all__ = [
     "insights_to_memory",
     "parse_reflection",
     "reflect",
+    "reflect_remote",
     "reflection_case",
     "shortcut_reason",
 ]
@@ -85,12 +90,14 @@ _INSERT_BUCKET = 16  # insert batches are padded to a multiple of this: few inse
 
 class ReflectionRequest(NamedTuple):
     """One reflection prompt: ids [T] (chat, ending with the primed response), its case, the
-    question (for the shortcut filter) and the primed text the parser prepends."""
+    question (for the shortcut filter), the primed text the parser prepends, and the chat
+    messages ((role, content) pairs) the ids were built from (what `reflect_remote` sends)."""
 
     prompt_ids: tuple[int, ...]
     case: str
     question: str
     response_prefix: str
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 class ReflectionResult(NamedTuple):
@@ -147,7 +154,8 @@ def build_reflection_requests(
         )
         prefix = response_prefix(case, config)
         prompt = format_chat(tokenizer, messages, response=prefix or None)
-        requests.append(ReflectionRequest(prompt.ids, case, question, prefix))
+        messages = tuple((role, content) for role, content in messages)
+        requests.append(ReflectionRequest(prompt.ids, case, question, prefix, messages))
     return requests
 
 
@@ -235,20 +243,65 @@ def reflect(
         min_width=config.prompt_width,
         mesh=mesh,
     )
-    stats = {"reflect/requests": 0, "reflect/parsed": 0, "reflect/parse_failures": 0}
     width = config.prompt_width
-    stats["reflect/over_width"] = sum(len(r.prompt_ids) > width for r in requests) if width else 0
+    over_width = sum(len(r.prompt_ids) > width for r in requests) if width else 0
+    raws = [
+        request.response_prefix + text for request, text in zip(requests, generated, strict=True)
+    ]
+    return _select_all(requests, raws, config, {"reflect/over_width": over_width})
+
+
+def _select_all(
+    requests: Sequence[ReflectionRequest],
+    raws: Sequence[str | None],
+    config: ReflectConfig,
+    extra: dict,
+) -> ReflectionResult:
+    """Parse and filter each raw text (None: a failed remote request, no items, not parsed)."""
+    stats = {"reflect/requests": 0, "reflect/parsed": 0, "reflect/parse_failures": 0, **extra}
     stats |= {"reflect/items": 0, "reflect/duplicates": 0}
     stats |= {f"shortcut/{reason}": 0 for reason in SHORTCUT_REASONS}
     items_per_request, raw_texts = [], []
-    for request, text in zip(requests, generated, strict=True):
-        raw = request.response_prefix + text
+    for request, raw in zip(requests, raws, strict=True):
+        if raw is None:
+            stats["reflect/requests"] += 1
+            items_per_request.append(())
+            raw_texts.append("")
+            continue
         items, item_stats = select_items(raw, request.question, config)
         items_per_request.append(items)
         raw_texts.append(raw)
         for key, value in item_stats.items():
             stats[key] += value
     return ReflectionResult(items_per_request, stats, raw_texts)
+
+
+def chat_messages(request: ReflectionRequest) -> list[dict[str, str]]:
+    """A request's chat as OpenAI messages (no primed assistant turn: the endpoint answers whole)."""
+    if not request.messages:
+        raise ValueError("a ReflectionRequest without messages cannot go to an endpoint")
+    return [{"role": role, "content": content} for role, content in request.messages]
+
+
+def reflect_remote(
+    remote: RemoteConfig,
+    requests: Sequence[ReflectionRequest],
+    config: ReflectConfig,
+    recorder: Recorder | None = None,
+) -> ReflectionResult:
+    """One reflection per request from an OpenAI-compatible endpoint (ReflectConfig.backend
+    "openai"): the request's messages go to `remote.chat` (answers recorded or replayed by
+    `recorder`), and each reply is parsed and filtered as `reflect` does a sampled text (there is
+    no primed prefix: the endpoint writes the whole answer).
+
+    stats: those of `reflect` ("reflect/over_width" is 0), plus the endpoint's counts under
+    "reflect/remote/..." (requests, failures/<kind>, ...). A failed request (timeout, HTTP 5xx,
+    bad JSON, over budget) gives its problem no items and counts in "reflect/requests" only:
+    parsed + parse_failures + remote/failures = requests."""
+    results = chat(remote, [chat_messages(r) for r in requests], recorder=recorder)
+    extra = {"reflect/over_width": 0}
+    extra |= {f"reflect/{key}": value for key, value in results.metrics.items()}
+    return _select_all(requests, [result.text for result in results], config, extra)
 
 
 def insights_to_memory(

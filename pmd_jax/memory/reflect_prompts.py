@@ -20,9 +20,12 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from pmd_jax.memory.state import MemoryConfig
+from pmd_jax.remote import RemoteSpec
 
 OUTPUT_FORMATS = ("lines", "json")
-REFLECTORS = ("policy", "base")
+# Who answers a reflection (and, as BehaviourConfig.backend, an evolution) prompt: the policy,
+# the initial params ("base"), or an OpenAI-compatible endpoint ("openai", see `remote`).
+BACKENDS = ("policy", "base", "openai")
 CASES = ("contrastive", "strategies", "lessons")
 TRUNCATION_MARKER = " [...]"
 _JSON_KEYS = {"STRATEGY": "strategies", "LESSON": "lessons"}
@@ -41,7 +44,10 @@ class ReflectConfig:
     max_response_chars: int = 600  # per shown attempt; longer ones are cut with " [...]"
     items_per_kind: int = 3  # keep at most this many strategies and this many lessons
     filter_shortcuts: bool = True
-    reflector: str = "policy"  # who reflects and evolves: "policy" | "base" (the initial params)
+    # Who reflects: "policy" | "base" (the initial params) | "openai" (the endpoint in `remote`).
+    # Was `reflector` (which also chose the evolver; that is now BehaviourConfig.backend).
+    backend: str = "policy"
+    remote: RemoteSpec = RemoteSpec()  # backend "openai": base_url, model, api_key_env, ...
     batch_size: int = 16  # prompts per sampler call
     prime_response: bool = True  # start the assistant turn with the format's opening text
     prompt_bucket: int = 64  # prompt widths are padded to a multiple of this (bounded compiles)
@@ -56,10 +62,8 @@ class ReflectConfig:
                 f"ReflectConfig.output_format={self.output_format!r}; expected one of "
                 f"{OUTPUT_FORMATS}"
             )
-        if self.reflector not in REFLECTORS:
-            raise ValueError(
-                f"ReflectConfig.reflector={self.reflector!r}; expected one of {REFLECTORS}"
-            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"ReflectConfig.backend={self.backend!r}; expected one of {BACKENDS}")
         for name in ("max_new_tokens", "batch_size", "prompt_bucket", "items_per_kind"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ReflectConfig.{name}={getattr(self, name)} must be >= 1")
