@@ -214,24 +214,35 @@ def test_every_mode_equals_its_formula_with_and_without_micro_batches(algorithm)
         _assert_loss_close(metrics[4][loss_key], references[mode], f"{mode} metric")
 
 
-def test_every_mode_on_8_devices_equals_its_formula(tmp_path):
+def _mesh_results(tmp_path, micros: tuple[int, ...]):
     out = tmp_path / "mesh.npz"
     env = dict(
         os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
     )
     done = subprocess.run(
-        [sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=900
-    )
+        [sys.executable, __file__, str(out), ",".join(map(str, micros))],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    _check_mesh_results(np.load(out))
+    return np.load(out)
 
 
-def _check_mesh_results(results):
+def test_every_mode_on_8_devices_with_micro_batches_equals_its_formula(tmp_path):
+    """The mesh and the accumulation together (4 micro-batches, mesh 2 x 2 x 2)."""
+    _check_mesh_results(_mesh_results(tmp_path, (4,)), (4,))
+
+
+@pytest.mark.slow
+def test_every_mode_on_8_devices_equals_its_formula_without_micro_batches(tmp_path):
+    _check_mesh_results(_mesh_results(tmp_path, (1,)), (1,))
+
+
+def _check_mesh_results(results, micros):
     for algorithm in ALGORITHMS:
         references, _, _ = _references(algorithm)
         for mode in AGGREGATIONS:
             ref_grads = references[mode][2]
-            for micro in MICRO:
+            for micro in micros:
                 label = f"{algorithm}/{mode}/{micro}"
                 _assert_loss_close(float(results[f"{label}/loss"]), references[mode], label)
                 keys = [
@@ -273,7 +284,7 @@ def test_the_batch_tells_token_weights_from_row_weights(algorithm):
     assert min(abs(a - b) for i, a in enumerate(losses) for b in losses[i + 1 :]) > 1e3 * tolerance
 
 
-def main(out: str) -> None:
+def main(out: str, micros: tuple[int, ...]) -> None:
     """The 8-device runs: {algorithm/mode/micro/(loss | leaf path)} -> array, saved to `out`."""
     assert jax.device_count() >= 8, jax.devices()
     mesh = sharding.make_mesh(sharding.MeshConfig(*MESH), jax.devices()[:8])
@@ -281,7 +292,7 @@ def main(out: str) -> None:
     saved = {}
     for algorithm in ALGORITHMS:
         for mode in AGGREGATIONS:
-            for micro in MICRO:
+            for micro in micros:
                 loss, _, grads = _run(params, teacher, batch, algorithm, mode, micro, mesh)
                 label = f"{algorithm}/{mode}/{micro}"
                 saved[f"{label}/loss"] = np.asarray(loss)
@@ -292,4 +303,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], tuple(int(m) for m in sys.argv[2].split(",")))
