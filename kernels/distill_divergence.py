@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from pmd_jax.losses import _divergence, _with_tail
+from pmd_jax.divergence import divergence_of_logprobs, with_tail
 from pmd_jax.platform import target_backend
 
 
@@ -124,9 +124,9 @@ def scaled_softmax(
 
 def _topk_divergence(student_topk, teacher_topk, student_lse, teacher_lse, static: _Static):
     """Divergence [M] from top-k scaled logits [M, K] and log-normalisers [M] (all float32)."""
-    student_logp = _with_tail(student_topk - student_lse[:, None], static.tail_epsilon)
-    teacher_logp = _with_tail(teacher_topk - teacher_lse[:, None], static.tail_epsilon)
-    return _divergence(student_logp, teacher_logp, static.alpha)
+    student_logp = with_tail(student_topk - student_lse[:, None], static.tail_epsilon)
+    teacher_logp = with_tail(teacher_topk - teacher_lse[:, None], static.tail_epsilon)
+    return divergence_of_logprobs(student_logp, teacher_logp, static.alpha)
 
 
 def _gather_scaled(logits: jax.Array, ids: jax.Array, temperature: float) -> jax.Array:

@@ -16,12 +16,13 @@ plain reference and the right choice for small vocabularies and tests.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from pmd_jax.divergence import divergence_of_logprobs, with_tail
 
 DIVERGENCE_IMPLS = ("jax", "pallas")
 # How a loss averages its per-token terms x[n, t] over the mask m[n, t] of N rows (`aggregate`):
@@ -142,34 +143,6 @@ def metric_weighting(key: str, aggregation: str) -> str:
     return "token"
 
 
-def _log1mexp(x: jax.Array) -> jax.Array:
-    """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2."""
-    return jnp.where(x > -math.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
-
-
-def _divergence(student_logp: jax.Array, teacher_logp: jax.Array, alpha: float) -> jax.Array:
-    """Divergence of two distributions given as log-probs [M, K] -> [M] (METHOD section 6)."""
-    student_p = jnp.exp(student_logp)
-    teacher_p = jnp.exp(teacher_logp)
-    if alpha == 0.0:
-        return jnp.sum(teacher_p * (teacher_logp - student_logp), axis=-1)
-    if alpha == 1.0:
-        return jnp.sum(student_p * (student_logp - teacher_logp), axis=-1)
-    mixture_logp = jnp.logaddexp(
-        student_logp + math.log(1.0 - alpha), teacher_logp + math.log(alpha)
-    )
-    student_kl = jnp.sum(student_p * (student_logp - mixture_logp), axis=-1)
-    teacher_kl = jnp.sum(teacher_p * (teacher_logp - mixture_logp), axis=-1)
-    return (1.0 - alpha) * student_kl + alpha * teacher_kl
-
-
-def _with_tail(topk_logp: jax.Array, tail_epsilon: float) -> jax.Array:
-    """Append log(1 - sum exp(topk_logp)) [M, K] -> [M, K + 1], keeping >= tail_epsilon mass."""
-    topk_mass = jax.nn.logsumexp(topk_logp, axis=-1)
-    tail = _log1mexp(jnp.minimum(topk_mass, math.log1p(-tail_epsilon)))
-    return jnp.concatenate([topk_logp, tail[:, None]], axis=-1)
-
-
 def distill_divergence(
     student_logits: jax.Array,
     teacher_logits: jax.Array,
@@ -227,12 +200,12 @@ def topk_divergence(
     student_lse = jax.nn.logsumexp(student, axis=-1, keepdims=True)
     teacher_lse = jax.nn.logsumexp(teacher, axis=-1, keepdims=True)
     if top_k is None:
-        return _divergence(student - student_lse, teacher - teacher_lse, alpha)
+        return divergence_of_logprobs(student - student_lse, teacher - teacher_lse, alpha)
     _, topk_ids = lax.top_k(lax.stop_gradient(student), top_k)
     student_logp = jnp.take_along_axis(student, topk_ids, axis=-1) - student_lse
     teacher_logp = jnp.take_along_axis(teacher, topk_ids, axis=-1) - teacher_lse
-    return _divergence(
-        _with_tail(student_logp, tail_epsilon), _with_tail(teacher_logp, tail_epsilon), alpha
+    return divergence_of_logprobs(
+        with_tail(student_logp, tail_epsilon), with_tail(teacher_logp, tail_epsilon), alpha
     )
 
 
