@@ -365,7 +365,7 @@ def _eval(run: Run, params, step: int, memory=None) -> dict[str, float]:
 def _with_behaviours(run: Run, memory) -> list[dict]:
     """Eval problems whose question carries the retrieved behaviours (memory as a prompt)."""
     from pmd_jax.memory import ops
-    from pmd_jax.memory.teacher import memory_views
+    from pmd_jax.memory.teacher import memory_views, render_items
 
     queries = run.embed_fn([p["question"] for p in run.eval_problems])
     k = run.config.teacher.num_behaviours
@@ -375,7 +375,7 @@ def _with_behaviours(run: Run, memory) -> list[dict]:
     )
     problems = []
     for problem, view in zip(run.eval_problems, views, strict=True):
-        listed = "\n".join(f"{i}. {n}: {t}" for i, (n, t) in enumerate(view.behaviours, 1))
+        listed = render_items(view.behaviours)
         hint = f"\n\nUseful behaviours:\n{listed}" if listed else ""
         problems.append({**problem, "question": problem["question"] + hint})
     return problems

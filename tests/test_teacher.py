@@ -665,3 +665,15 @@ def test_system_layout_budget_drops_in_the_same_order(arith_tokenizer):
 def test_unknown_layout_is_refused():
     with pytest.raises(ValueError, match="layout='side'"):
         TeacherConfig(layout="side")
+
+
+def test_one_renderer_numbers_shown_items_consecutively():
+    from pmd_jax.memory.behaviours import evolve_messages
+    from pmd_jax.memory.teacher import render_items
+
+    items = [("add_units", " Add like units. "), ("", ""), ("", "Check the sign."), ("carry", "")]
+    assert render_items(items) == "1. add_units: Add like units.\n2. Check the sign.\n3. carry"
+    assert render_items(items, numbered=False).splitlines()[1] == "- Check the sign."
+    # The evolver's library is the same rendering.
+    (_, user) = evolve_messages("summary", items)[1]
+    assert render_items(items) in user

@@ -51,6 +51,7 @@ from pmd_jax.memory.state import (
     read_problem,
     unit,
 )
+from pmd_jax.memory.teacher import render_items
 from pmd_jax.remote import Recorder, RemoteConfig, RemoteSpec, chat
 from pmd_jax.tokenizer import format_chat
 
@@ -237,8 +238,9 @@ def evolve_messages(summary: str, existing: Sequence[tuple[str, str]]) -> list[t
     """Chat messages showing the existing (name, instruction) behaviours most similar to a cluster
     and asking for new/update/remove actions as JSON."""
     intro = "Here are some problems of one kind, with notes learned while solving them:"
-    listed = "\n".join(f"{i}. {name}: {text}" for i, (name, text) in enumerate(existing, start=1))
-    library = f"The library already has these behaviours for similar problems:\n{listed}"
+    library = (
+        f"The library already has these behaviours for similar problems:\n{render_items(existing)}"
+    )
     return [
         ("system", SYSTEM_PROMPT),
         ("user", f"{intro}\n\n{summary}\n\n{library}\n\n{_EVOLVE_TASK}"),

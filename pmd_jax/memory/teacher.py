@@ -156,13 +156,17 @@ class TeacherBatch:
     shown_blocks: list[tuple[str, ...]]  # [N] names of the blocks in each prompt, in order
 
 
-def _items_block(items: Sequence[tuple[str, str]], numbered: bool) -> str:
+def render_items(items: Sequence[tuple[str, str]], numbered: bool = True) -> str:
+    """(title, content) pairs as lines "1. title: content" (or "- title: content"): the one
+    renderer of memory items in prompts (the teacher's blocks, the evolver's library, the
+    memory-as-prompt eval). A pair with one side empty shows the other; an empty pair is skipped
+    and the numbering stays consecutive."""
     lines = []
-    for index, (title, content) in enumerate(items, start=1):
+    for title, content in items:
         title, content = title.strip(), content.strip()
         text = f"{title}: {content}" if title and content else title or content
         if text:
-            lines.append(f"{index}. {text}" if numbered else f"- {text}")
+            lines.append(f"{len(lines) + 1}. {text}" if numbered else f"- {text}")
     return "\n".join(lines)
 
 
@@ -188,9 +192,9 @@ def _candidate_blocks(
     """Every non-empty optional block of `allowed` for one rollout: name -> text."""
     stored = next((s.strip() for s in view.stored_successes if s.strip() not in ("", own)), "")
     texts = {
-        "strategies": _items_block(view.strategies[: config.max_strategies], numbered=False),
-        "lessons": _items_block(view.lessons[: config.max_lessons], numbered=False),
-        "behaviours": _items_block(view.behaviours[: config.num_behaviours], numbered=True),
+        "strategies": render_items(view.strategies[: config.max_strategies], numbered=False),
+        "lessons": render_items(view.lessons[: config.max_lessons], numbered=False),
+        "behaviours": render_items(view.behaviours[: config.num_behaviours], numbered=True),
         "sibling_solution": sibling,
         "stored_solution": "" if sibling else stored,
         "feedback": feedback.strip() if config.show_feedback else "",
