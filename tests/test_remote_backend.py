@@ -511,3 +511,114 @@ def test_tiny_run_with_openai_backends_resumes_from_its_journal_and_never_writes
     for path in workdir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+# -- llama.cpp's server: a real endpoint (slow tier) --------------------------------------------
+
+
+def _llama_run(server_url, workdir, env_key, steps=2, evolve_every=1):
+    """`python -m pmd_jax.train --exp tiny` with reflection and evolution through the server."""
+    from llama_server import MODEL_ALIAS
+
+    sets = ["progress=false", f"total_steps={steps}", "checkpoint.every_steps=100"]
+    sets += ["eval.final=false", "model.warm_start_steps=0", "behaviours.warmup_steps=1"]
+    sets += [f"behaviours.every_steps={evolve_every}"]
+    for section in ("reflect", "behaviours"):
+        sets += [f"{section}.backend=openai", f"{section}.remote.base_url={server_url}"]
+        sets += [f"{section}.remote.model={MODEL_ALIAS}", f"{section}.remote.api_key_env={env_key}"]
+        sets += [f"{section}.remote.timeout_s=60", f"{section}.remote.retries=0"]
+    command = [sys.executable, "-m", "pmd_jax.train", "--exp", "tiny", "--workdir", str(workdir)]
+    return command + [f"--set={s}" for s in sets]
+
+
+def _llama_env(tmp_path, key):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **{KEY_ENV: key})
+    env.setdefault("PMD_TFDS_DIR", str(tmp_path / "tfds"))
+    return env
+
+
+def _metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _needs_llama(test):
+    from llama_server import unavailable_reason
+
+    reason = unavailable_reason()
+    return pytest.mark.slow(pytest.mark.skipif(reason is not None, reason=reason or "")(test))
+
+
+@_needs_llama
+def test_tiny_pmd_steps_reflect_and_evolve_through_llama_cpp(smollm2_gguf_path, tmp_path):
+    """Two tiny PMD steps, reflection and evolution answered by llama.cpp serving SmolLM2; then
+    the server is killed while a step waits on it: that step's requests are counted failures
+    and the run finishes."""
+    import threading
+    import time
+
+    from llama_server import LlamaServer
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    with LlamaServer(smollm2_gguf_path, api_key=SECRET) as server:
+        url = server.base_url
+        workdir = tmp_path / "run"
+        done = subprocess.run(
+            _llama_run(url, workdir, KEY_ENV), cwd=root, env=_llama_env(tmp_path, SECRET),
+            capture_output=True, text=True, timeout=1500,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _metrics(workdir)
+    assert [r["step"] for r in rows if "reflect/requests" in r] == [1, 2]
+    for row in rows:
+        if row.get("reflect/remote/requests"):
+            assert row["reflect/remote/failures"] == 0, row
+            # every answer came back and went through the parser: parsed or a parse failure
+            assert row["reflect/parsed"] + row["reflect/parse_failures"] == row["reflect/requests"]
+    assert sum(r.get("reflect/remote/requests", 0) for r in rows) > 0
+    assert sum(r.get("behaviour/remote/requests", 0) for r in rows) > 0
+    assert SECRET not in done.stdout + done.stderr
+    assert all(
+        SECRET not in p.read_text(errors="ignore") for p in workdir.rglob("*") if p.is_file()
+    )
+
+    # Killed mid-run: the server goes once step 1's answers are journalled.
+    server = LlamaServer(smollm2_gguf_path, api_key=SECRET).__enter__()
+    workdir = tmp_path / "killed"
+    process = subprocess.Popen(
+        _llama_run(server.base_url, workdir, KEY_ENV, steps=3), cwd=root,
+        env=_llama_env(tmp_path, SECRET), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def kill_after_step_1():
+        deadline = time.monotonic() + 1200
+        while not train.journal_path(workdir, 1).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.__exit__(None, None, None)
+
+    killer = threading.Thread(target=kill_after_step_1)
+    killer.start()
+    try:
+        _, stderr = process.communicate(timeout=1500)
+    finally:
+        killer.join()
+        server.__exit__(None, None, None)
+    assert process.returncode == 0, stderr[-3000:]
+    rows = [r for r in _metrics(workdir) if "reflect/requests" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["reflect/remote/failures/connection"] == rows[-1]["reflect/remote/requests"] > 0
+
+
+@_needs_llama
+def test_a_wrong_key_stops_the_run_at_start_naming_the_variable(smollm2_gguf_path, tmp_path):
+    from llama_server import LlamaServer
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    with LlamaServer(smollm2_gguf_path, api_key=SECRET) as server:
+        done = subprocess.run(
+            _llama_run(server.base_url, tmp_path / "run", KEY_ENV),
+            cwd=root, env=_llama_env(tmp_path, "sk-wrong-key-0000"), capture_output=True,
+            text=True, timeout=600,
+        )  # fmt: skip
+    assert done.returncode != 0
+    assert KEY_ENV in done.stderr and "sk-wrong-key-0000" not in done.stdout + done.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step ran
